@@ -1,0 +1,210 @@
+"""Application assembly: routes, the request middleware, and the resources' lifetimes.
+
+``create_app`` does no I/O; the upstream session, the prefix store and the dispatcher are made
+in ``cleanup_ctx`` generators when the application starts and closed when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from router.balancer import Balancer
+from router.config import RouterConfig
+from router.context import EXPOSED_HEADERS, RequestContext
+from router.dispatch import Dispatcher
+from router.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+    Unauthorized,
+    error_envelope,
+)
+from router.handlers import chat, meta
+from router.keys import BALANCER, CONFIG, CONTEXT, DISPATCHER, METRICS, SESSION, STORE
+from router.metrics import Metrics
+from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
+from router.upstream import new_session
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
+
+
+def create_app(config: RouterConfig, *, store: PrefixStore | None = None) -> web.Application:
+    app = web.Application(
+        client_max_size=config.server.max_body_size,
+        middlewares=[request_middleware],
+        handler_args={"max_field_size": 32 << 10},
+    )
+    app[CONFIG] = config
+    app[BALANCER] = Balancer(config)
+    app[METRICS] = Metrics()
+    if store is not None:
+        app[STORE] = store
+    app.cleanup_ctx.extend([session_ctx, store_ctx, dispatcher_ctx])
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
+    app.router.add_get("/v1/models", meta.list_models)
+    app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
+    app.router.add_get("/health", meta.health)
+    app.router.add_get("/ready", meta.ready)
+    app.router.add_get("/metrics", meta.metrics)
+
+
+async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[SESSION] = new_session(app[CONFIG].upstream)
+    yield
+    await app[SESSION].close()
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    cache = app[CONFIG].cache
+    owned = STORE not in app
+    if owned:
+        if cache.redis_url is not None:
+            redis_store = RedisPrefixStore.from_url(
+                cache.redis_url.get_secret_value(),
+                key_prefix=cache.key_prefix,
+                timeout=cache.timeout_ms / 1000,
+                retry_after=cache.retry_after,
+            )
+            await redis_store.prepare()
+            app[STORE] = redis_store
+        else:
+            app[STORE] = MemoryPrefixStore(cache.memory_max_entries)
+    yield
+    if owned:
+        await app[STORE].aclose()
+
+
+async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
+    yield
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, CORS, auth, and every error as an OpenAI envelope; one log line each."""
+    config = request.app[CONFIG]
+    given = request.headers.get("X-Request-Id", "")
+    ctx = RequestContext(given if _REQUEST_ID.match(given) else uuid.uuid4().hex)
+    ctx.headers["Access-Control-Allow-Origin"] = config.server.cors_allow_origin
+    ctx.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+    request[CONTEXT] = ctx
+    try:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = _preflight(request)
+        else:
+            _authorize(request)
+            response = await handler(request)
+    except RouterError as exc:
+        response = _error_response(exc, ctx)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error_response(_from_http(exc), ctx)
+    except asyncio.CancelledError:
+        log.info("request %s: cancelled (client went away)", ctx.request_id)
+        raise
+    except Exception:
+        log.exception("request %s: internal error", ctx.request_id)
+        response = web.json_response(
+            error_envelope(
+                f"The router failed on this request (request id {ctx.request_id}).",
+                "server_error",
+            ),
+            status=500,
+        )
+    if not response.prepared:
+        response.headers.update(ctx.headers)
+    _account(request, ctx, response)
+    return response
+
+
+def _authorize(request: web.Request) -> None:
+    keys = request.app[CONFIG].server.api_keys
+    if not keys or request.path in _PUBLIC_PATHS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode()
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    # Compare against every key, without stopping early, so timing says nothing about the keys.
+    matches = [hmac.compare_digest(given, k.get_secret_value().encode()) for k in keys]
+    if not any(matches):
+        raise Unauthorized("Incorrect API key provided.")
+
+
+def _preflight(request: web.Request) -> web.Response:
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", "Authorization, Content-Type"
+            ),
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+def _from_http(exc: web.HTTPException) -> RouterError:
+    if exc.status == 404:
+        return NotFound("Unknown path: no such endpoint on this router.", code="unknown_url")
+    if exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        headers = {"Allow": allowed} if allowed else {}
+        return MethodNotAllowed(f"Method not allowed here; use {allowed}.", headers=headers)
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    return RouterError(exc.reason, status=exc.status)
+
+
+def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
+    response = web.Response(
+        body=exc.body(), status=exc.http_status, content_type="application/json"
+    )
+    response.headers.update(exc.headers)
+    if exc.http_status >= 500:
+        log.warning("request %s: %s %s", ctx.request_id, exc.http_status, exc.message)
+    return response
+
+
+def _account(request: web.Request, ctx: RequestContext, response: web.StreamResponse) -> None:
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    headers = ctx.headers
+    labels = (
+        endpoint,
+        headers.get("X-DI-Request-Type", ""),
+        headers.get("X-DI-Backend", ""),
+        headers.get("X-DI-Replica", ""),
+        headers.get("X-DI-Cache", ""),
+        str(response.status),
+    )
+    request.app[METRICS].observe(labels, ctx.router_ms, ctx.upstream_ms)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request %s %s %s %d type=%s backend=%s replica=%s cache=%s %.1fms",
+            ctx.request_id,
+            request.method,
+            request.path,
+            response.status,
+            *labels[1:5],
+            (time.perf_counter() - ctx.started) * 1000,
+        )

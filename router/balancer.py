@@ -1,0 +1,91 @@
+"""Replica choice inside a backend pool: prefix affinity weighed against load and health.
+
+Load is the number of requests this process has in flight to a replica. A replica that failed
+to connect rests for ``replica_cooldown`` seconds; when every replica of a pool rests, all are
+tried anyway (a pool is never empty by choice of the router).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from zlib import crc32
+
+from router.config import BackendConfig, RouterConfig, RoutingConfig
+
+
+@dataclass(eq=False, slots=True)
+class Replica:
+    id: str
+    url: str
+    backend: BackendConfig
+    in_flight: int = 0
+    down_until: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Pool:
+    backend: BackendConfig
+    replicas: list[Replica]
+    turn: int = field(default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    replica: Replica
+    affinity: bool  # True when the request went to the replica holding its prefix
+
+
+class Balancer:
+    def __init__(self, config: RouterConfig, *, clock: Callable[[], float] = time.monotonic):
+        self._routing: RoutingConfig = config.routing
+        self._clock = clock
+        self.pools: dict[str, Pool] = {
+            b.name: Pool(b, [Replica(r.id, r.url, b) for r in b.replicas]) for b in config.backends
+        }
+
+    def pick(
+        self,
+        pool: Pool,
+        *,
+        warm: str | None = None,
+        tie_key: str | None = None,
+        exclude: Iterable[Replica] = (),
+    ) -> Choice:
+        """Choose a replica; ``warm`` is the id of the replica holding the request's prefix."""
+        candidates = self._available(pool, exclude)
+        policy = self._routing.policy
+        if policy == "round_robin":
+            pool.turn += 1
+            return Choice(candidates[pool.turn % len(candidates)], False)
+        least = min(r.in_flight for r in candidates)
+        if policy == "prefix_affinity" and warm is not None:
+            held = next((r for r in candidates if r.id == warm), None)
+            if held is not None and not self._overloaded(held.in_flight, least):
+                return Choice(held, True)
+        idle = [r for r in candidates if r.in_flight == least]
+        if tie_key is not None:
+            # Equal loads: spread distinct prefixes evenly, the same prefix always the same way.
+            return Choice(idle[crc32(tie_key.encode()) % len(idle)], False)
+        pool.turn += 1
+        return Choice(idle[pool.turn % len(idle)], False)
+
+    def mark_failed(self, replica: Replica) -> None:
+        replica.down_until = self._clock() + self._routing.replica_cooldown
+
+    def mark_ok(self, replica: Replica) -> None:
+        replica.down_until = 0.0
+
+    def _available(self, pool: Pool, exclude: Iterable[Replica]) -> list[Replica]:
+        skip = set(map(id, exclude))
+        now = self._clock()
+        fresh = [r for r in pool.replicas if id(r) not in skip]
+        healthy = [r for r in fresh if r.down_until <= now]
+        return healthy or fresh or pool.replicas
+
+    def _overloaded(self, load: int, least: int) -> bool:
+        return (
+            load - least > self._routing.balance_abs_threshold
+            and load > least * self._routing.balance_rel_threshold
+        )

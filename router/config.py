@@ -1,0 +1,247 @@
+"""The router's configuration: pydantic models of the YAML file, and how it is loaded.
+
+Every model is frozen and forbids unknown keys, so a typo in the file is an error with its
+location rather than a silently ignored setting. Secrets are given as ``env:VAR_NAME`` and
+resolved at load time into ``SecretStr``, which never prints its value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REQUEST_TYPES: tuple[str, ...] = ("text", "code", "json", "vision")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(value: object) -> object:
+    """``32MiB``, ``512k``, ``1048576`` -> bytes (binary units either way)."""
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if not match:
+            raise ValueError(f"not a size: {value!r} (use bytes or e.g. 32MiB)")
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    return value
+
+
+def resolve_secret(value: object) -> object:
+    """``env:NAME`` -> the variable's value; a missing variable is a config error."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReplicaConfig(_Frozen):
+    id: str = Field(min_length=1)
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_base(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("must be an http:// or https:// base URL such as http://host:8000/v1")
+        return url.rstrip("/")
+
+
+class TimeoutConfig(_Frozen):
+    connect: float = Field(default=5.0, gt=0)
+    read: float = Field(default=300.0, gt=0, description="longest silence between bytes")
+
+
+class BackendCacheConfig(_Frozen):
+    min_tokens: int = Field(default=0, ge=0, description="shorter prefixes are not indexed")
+
+
+class BackendConfig(_Frozen):
+    name: str = Field(min_length=1)
+    replicas: list[ReplicaConfig] = Field(min_length=1)
+    model: str | None = None
+    api_key: Secret | None = None
+    api: Literal["chat", "responses"] = "chat"
+    timeout: TimeoutConfig = TimeoutConfig()
+    forward_cache_control: bool = False
+    prompt_cache_key: bool = False
+    cache: BackendCacheConfig = BackendCacheConfig()
+
+    @model_validator(mode="after")
+    def _unique_replicas(self) -> BackendConfig:
+        ids = [r.id for r in self.replicas]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"replica ids must be unique within backend {self.name!r}")
+        return self
+
+
+class RoutesConfig(_Frozen):
+    text: str
+    code: str
+    json_: str = Field(alias="json")
+    vision: str
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def backend_for(self, request_type: str) -> str:
+        return self.json_ if request_type == "json" else str(getattr(self, request_type))
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_size: ByteSize = 32 << 20
+    api_keys: list[Secret] = Field(default_factory=list)
+    cors_allow_origin: str = "*"
+
+
+class RoutingConfig(_Frozen):
+    policy: Literal["prefix_affinity", "least_loaded", "round_robin"] = "prefix_affinity"
+    # A warm replica is skipped when its in-flight count exceeds the least-loaded one's by more
+    # than both thresholds (in the manner of SGLang's balance_abs/rel_threshold).
+    balance_abs_threshold: int = Field(default=32, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
+    retries: int = Field(default=1, ge=0, description="other replicas tried before the first byte")
+
+
+class CacheConfig(_Frozen):
+    redis_url: Secret | None = None
+    key_prefix: str = "di:"
+    timeout_ms: float = Field(default=50.0, gt=0)
+    retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
+    memory_max_entries: int = Field(default=100_000, gt=0)
+    responses_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="stored objects, seconds")
+
+
+class UpstreamPoolConfig(_Frozen):
+    connection_limit: int = Field(default=1024, gt=0)
+    connection_limit_per_host: int = Field(default=256, gt=0)
+
+
+class RouterConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    backends: list[BackendConfig] = Field(min_length=1)
+    routes: RoutesConfig
+    routing: RoutingConfig = RoutingConfig()
+    cache: CacheConfig = CacheConfig()
+    upstream: UpstreamPoolConfig = UpstreamPoolConfig()
+
+    @model_validator(mode="after")
+    def _routes_name_backends(self) -> RouterConfig:
+        names = [b.name for b in self.backends]
+        if len(names) != len(set(names)):
+            raise ValueError("backend names must be unique")
+        replica_ids = [r.id for b in self.backends for r in b.replicas]
+        if len(replica_ids) != len(set(replica_ids)):
+            raise ValueError("replica ids must be unique across backends")
+        for request_type in REQUEST_TYPES:
+            target = self.routes.backend_for(request_type)
+            if target not in names:
+                raise ValueError(
+                    f"routes.{request_type} names backend {target!r}, which is not defined "
+                    f"(defined: {', '.join(names)})"
+                )
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        return next(b for b in self.backends if b.name == name)
+
+    def routing_table(self) -> dict[str, BackendConfig]:
+        return {t: self.backend(self.routes.backend_for(t)) for t in REQUEST_TYPES}
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` lists each with its location."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = list(problems)
+
+
+def embedded_config(
+    pools: Mapping[str, Sequence[tuple[str, str]]], *, host: str = "127.0.0.1", port: int = 8000
+) -> RouterConfig:
+    """The zero-config setup: one simulated backend per request type, ``sim-<type>``."""
+    backends = [
+        BackendConfig(
+            name=name,
+            replicas=[ReplicaConfig(id=rid, url=url) for rid, url in replicas],
+        )
+        for name, replicas in pools.items()
+    ]
+    routes = RoutesConfig(**{t: f"sim-{t}" for t in REQUEST_TYPES})
+    return RouterConfig(server=ServerConfig(host=host, port=port), backends=backends, routes=routes)
+
+
+def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
+    """Read and validate a YAML config; raise ConfigError naming each problem's line."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the file must hold a mapping with backends: and routes:"])
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err, root) for err in exc.errors()]) from None
+
+
+def _describe(err: Any, root: yaml.Node | None) -> str:
+    loc = [str(p) for p in err["loc"]]
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
+    line = _line_of(root, loc)
+    where = f"line {line}: " if line else ""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}{path or '(top level)'}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[str]) -> int | None:
+    """The 1-based line of the deepest YAML node on ``loc`` that exists in the file."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,1 @@
+"""One module per OpenAI endpoint group; each handler is glue over the router's pieces."""

@@ -1,0 +1,131 @@
+"""What every proxy endpoint shares: reading the body, relaying JSON and SSE answers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from router.context import RequestContext
+from router.dispatch import Routed
+from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
+from router.keys import CONFIG, CONTEXT
+from router.upstream import iter_sse_events, model_field, read_body, rewrite_model
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tell nginx-style proxies not to buffer the stream
+}
+
+
+async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    """The request's JSON object and its raw bytes; 415, 413 or 400 otherwise."""
+    content_type = request.headers.get("Content-Type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {media or 'empty'!r}."
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].server.max_body_size
+        raise PayloadTooLarge(
+            f"The request body exceeds the limit of {limit} bytes.", param=None
+        ) from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send a JSON object."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body, raw
+
+
+def context(request: web.Request) -> RequestContext:
+    return request[CONTEXT]
+
+
+def where(routed: Routed) -> str:
+    return f"backend {routed.replica.backend.name!r} replica {routed.replica.id!r}"
+
+
+async def relay_json(
+    routed: Routed, ctx: RequestContext, client_model: str, *, status: int = 200
+) -> tuple[web.Response, bytes]:
+    """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
+    data = await read_body(routed.response, where(routed))
+    data = rewrite_model(data, model_field(client_model))
+    response = web.Response(
+        body=data, status=status, content_type="application/json", headers=ctx.headers
+    )
+    return response, data
+
+
+async def relay_sse(
+    request: web.Request,
+    routed: Routed,
+    ctx: RequestContext,
+    client_model: str,
+    on_event: Callable[[bytes], None] | None = None,
+) -> web.StreamResponse:
+    """Stream the upstream's SSE events through as they come, each with the client's model id.
+
+    A stream that breaks or ends without ``[DONE]`` is closed with an OpenAI-shaped error event
+    and ``[DONE]``, so the client sees a failure rather than a silently short answer. A client
+    that goes away ends the relay; the caller's context closes the upstream connection.
+    """
+    response = web.StreamResponse(headers={**ctx.headers, **SSE_HEADERS})
+    await response.prepare(request)
+    field = model_field(client_model)
+    done = failed = False
+    try:
+        async for events in iter_sse_events(routed.response):
+            out = []
+            for event in events:
+                if event.startswith(DONE):
+                    done = True
+                elif event.startswith((b'data: {"error"', b'data:{"error"')):
+                    failed = True
+                elif on_event is not None:
+                    on_event(event)
+                out.append(rewrite_model(event, field))
+            await response.write(b"\n\n".join(out) + b"\n\n")
+    except ConnectionResetError:
+        log.info("request %s: client went away mid-stream", ctx.request_id)
+        return response
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+        await _write_tail(response, ctx, message, "upstream_error")
+        return response
+    if not done:
+        if failed:
+            await _write_tail(response, ctx, None, None)
+        else:
+            message = f"The {where(routed)} ended the stream early."
+            await _write_tail(response, ctx, message, "upstream_error")
+    return response
+
+
+async def _write_tail(
+    response: web.StreamResponse, ctx: RequestContext, message: str | None, code: str | None
+) -> None:
+    tail = b""
+    if message is not None:
+        log.warning("request %s: %s", ctx.request_id, message)
+        error = UpstreamError(message, code=code)
+        tail = b"data: " + error.body() + b"\n\n"
+    try:
+        await response.write(tail + DONE + b"\n\n")
+    except ConnectionResetError:
+        return

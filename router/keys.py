@@ -1,0 +1,21 @@
+"""Typed keys for everything the application and each request carry."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from router.balancer import Balancer
+from router.config import RouterConfig
+from router.context import RequestContext
+from router.dispatch import Dispatcher
+from router.metrics import Metrics
+from router.store import PrefixStore
+
+CONFIG = web.AppKey("config", RouterConfig)
+BALANCER = web.AppKey("balancer", Balancer)
+STORE = web.AppKey("store", PrefixStore)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+CONTEXT = web.RequestKey("context", RequestContext)

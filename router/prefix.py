@@ -1,0 +1,183 @@
+"""Prompt-cache breakpoints: from ``cache_control`` markers to prefix keys.
+
+The prompt is read as a sequence of blocks, in the order a model sees them: each tool
+definition, then each message's content parts (a string content is one text part; an
+assistant's ``tool_calls`` are one more block). A ``cache_control`` breakpoint, as in
+Anthropic's API, closes a prefix at its block. Each block is serialised canonically (sorted
+keys, ``cache_control`` left out) and hashed as a chain, so a prefix key depends on every block
+up to it and on nothing after it, and moving a breakpoint never changes the content hash. The
+chain starts from a namespace (backend pool and upstream model), so pools never share entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+
+from router.errors import InvalidRequest
+
+MAX_BREAKPOINTS = 4
+TTL_SECONDS = {"5m": 300, "1h": 3600}
+BYTES_PER_TOKEN = 4  # the usual estimate for English text and JSON; the router has no tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class Breakpoint:
+    """One cacheable prefix: its key, how long it lives, and about how many tokens it holds."""
+
+    key: str
+    ttl: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    payload: Any  # what is hashed
+    marker: Any  # the cache_control found on it (or on its message/tool), else None
+    param: str  # where that marker sits, for error messages
+
+
+def find_breakpoints(body: dict[str, Any], namespace: str) -> list[Breakpoint]:
+    """Validate the request's breakpoints and return their prefix keys, shortest first.
+
+    Raises InvalidRequest naming the ``param`` for more than four breakpoints, an unknown type
+    or ttl, or a ``1h`` breakpoint after a ``5m`` one (a longer-lived prefix cannot depend on a
+    shorter-lived one).
+    """
+    blocks = list(_blocks(body))
+    marked = [i for i, block in enumerate(blocks) if block.marker is not None]
+    automatic = body.get("cache_control")
+    if automatic is not None and blocks:
+        marked.append(-1)
+    if not marked:
+        return []
+    if len(marked) > MAX_BREAKPOINTS:
+        extra = blocks[marked[MAX_BREAKPOINTS]].param if marked[MAX_BREAKPOINTS] >= 0 else ""
+        raise InvalidRequest(
+            f"A request may have at most {MAX_BREAKPOINTS} cache_control breakpoints; "
+            f"found {len(marked)}.",
+            param=extra or "cache_control",
+        )
+    ttls: dict[int, int] = {}
+    for index in marked:
+        marker, param = (
+            (automatic, "cache_control")
+            if index < 0
+            else (blocks[index].marker, blocks[index].param)
+        )
+        ttls[len(blocks) - 1 if index < 0 else index] = _ttl_of(marker, param)
+    _check_ttl_order(ttls, blocks)
+
+    breakpoints: list[Breakpoint] = []
+    digest = blake2b(namespace.encode(), digest_size=16).digest()
+    size = 0
+    for i, block in enumerate(blocks):
+        encoded = orjson.dumps(block.payload, option=orjson.OPT_SORT_KEYS)
+        size += len(encoded)
+        digest = blake2b(digest + encoded, digest_size=16).digest()
+        if i in ttls:
+            breakpoints.append(Breakpoint(digest.hex(), ttls[i], size // BYTES_PER_TOKEN))
+    return breakpoints
+
+
+def strip_cache_control(body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``body`` without any ``cache_control`` (the input is not modified)."""
+    stripped = {k: v for k, v in body.items() if k != "cache_control"}
+    if isinstance(tools := body.get("tools"), list):
+        stripped["tools"] = [_without_marker(t) for t in tools]
+    if isinstance(messages := body.get("messages"), list):
+        stripped["messages"] = [_strip_message(m) for m in messages]
+    return stripped
+
+
+def _strip_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    stripped = _without_marker(message)
+    content = message.get("content")
+    if isinstance(content, list) and any(
+        isinstance(p, dict) and "cache_control" in p for p in content
+    ):
+        stripped = {**stripped, "content": [_without_marker(p) for p in content]}
+    return stripped
+
+
+def _without_marker(item: Any) -> Any:
+    if isinstance(item, dict) and "cache_control" in item:
+        return {k: v for k, v in item.items() if k != "cache_control"}
+    return item
+
+
+def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
+    for i, tool in enumerate(body.get("tools") or ()):
+        if isinstance(tool, dict):
+            yield _Block(
+                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
+            )
+    for i, message in enumerate(body.get("messages") or ()):
+        if isinstance(message, dict):
+            yield from _message_blocks(i, message)
+
+
+def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
+    head = [message.get("role"), message.get("name"), message.get("tool_call_id")]
+    content = message.get("content")
+    parts: list[Any]
+    if isinstance(content, list):
+        parts = content
+    elif content is None:
+        parts = []
+    else:
+        # A string is the same prompt as one text part, so both spellings share a key.
+        parts = [{"type": "text", "text": content}]
+    blocks = [
+        _Block(
+            [head, _without_marker(part)],
+            part.get("cache_control") if isinstance(part, dict) else None,
+            f"messages[{index}].content[{j}].cache_control",
+        )
+        for j, part in enumerate(parts)
+    ]
+    if message.get("tool_calls") or message.get("function_call") or not blocks:
+        calls = message.get("tool_calls") or message.get("function_call")
+        blocks.append(_Block([head, calls], None, f"messages[{index}].cache_control"))
+    if (marker := message.get("cache_control")) is not None:
+        # A breakpoint on the whole message closes the prefix at its last block.
+        last = blocks[-1]
+        if last.marker is None:
+            blocks[-1] = _Block(last.payload, marker, f"messages[{index}].cache_control")
+    yield from blocks
+
+
+def _ttl_of(marker: Any, param: str) -> int:
+    if not isinstance(marker, dict):
+        raise InvalidRequest(
+            'cache_control must be an object such as {"type": "ephemeral"}.', param=param
+        )
+    if marker.get("type") != "ephemeral":
+        raise InvalidRequest(
+            f"Unknown cache_control type {marker.get('type')!r}; the only type is 'ephemeral'.",
+            param=f"{param}.type",
+        )
+    ttl = marker.get("ttl", "5m")
+    if ttl not in TTL_SECONDS:
+        raise InvalidRequest(
+            f"Unknown cache_control ttl {ttl!r}; use '5m' or '1h'.", param=f"{param}.ttl"
+        )
+    return TTL_SECONDS[ttl]
+
+
+def _check_ttl_order(ttls: dict[int, int], blocks: list[_Block]) -> None:
+    shortest = None
+    for index in sorted(ttls):
+        if shortest is not None and ttls[index] > shortest:
+            param = blocks[index].param if index < len(blocks) else "cache_control"
+            raise InvalidRequest(
+                "A cache_control breakpoint with ttl '1h' must not come after one with ttl '5m'.",
+                param=f"{param}.ttl",
+            )
+        shortest = ttls[index] if shortest is None else min(shortest, ttls[index])

@@ -1,0 +1,161 @@
+"""Breakpoints -> prefix keys: validation, chaining, namespacing, stripping."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.errors import InvalidRequest
+from router.prefix import find_breakpoints, strip_cache_control
+
+EPHEMERAL = {"type": "ephemeral"}
+NS = "pool\x00model"
+
+
+def part(text: str, cc: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "text", "text": text}
+    if cc is not None:
+        out["cache_control"] = cc
+    return out
+
+
+def chat(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": list(messages), **extra}
+
+
+def system(text: str, cc: dict[str, Any] | None = EPHEMERAL) -> dict[str, Any]:
+    return {"role": "system", "content": [part(text, cc)]}
+
+
+def test_no_markers_no_keys() -> None:
+    assert find_breakpoints(chat({"role": "user", "content": "hi"}), NS) == []
+
+
+def test_key_ignores_what_follows_the_breakpoint() -> None:
+    a = find_breakpoints(chat(system("long stable prompt"), {"role": "user", "content": "q1"}), NS)
+    b = find_breakpoints(chat(system("long stable prompt"), {"role": "user", "content": "q2"}), NS)
+    assert len(a) == 1
+    assert a == b
+    assert a[0].ttl == 300
+
+
+def test_namespace_separates_pools() -> None:
+    body = chat(system("stable"))
+    assert find_breakpoints(body, "a\x00m")[0].key != find_breakpoints(body, "b\x00m")[0].key
+
+
+def test_string_content_and_text_part_share_a_key() -> None:
+    as_part = chat({"role": "system", "content": [part("same", EPHEMERAL)]})
+    as_message = chat({"role": "system", "content": "same", "cache_control": EPHEMERAL})
+    assert find_breakpoints(as_part, NS) == find_breakpoints(as_message, NS)
+
+
+def test_tool_breakpoint_and_top_level_automatic_mode() -> None:
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": EPHEMERAL}
+    body = chat({"role": "user", "content": "hi"}, tools=[tool], cache_control=EPHEMERAL)
+    keys = find_breakpoints(body, NS)
+    assert len(keys) == 2
+    assert keys[0].key != keys[1].key
+    assert keys[0].tokens < keys[1].tokens
+
+
+def test_one_hour_ttl() -> None:
+    [bp] = find_breakpoints(chat(system("x", {"type": "ephemeral", "ttl": "1h"})), NS)
+    assert bp.ttl == 3600
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat(system("x", {"type": "persistent"})), "messages[0].content[0].cache_control.type"),
+        (
+            chat(system("x", {"type": "ephemeral", "ttl": "2h"})),
+            "messages[0].content[0].cache_control.ttl",
+        ),
+        (chat(system("x", "yes")), "messages[0].content[0].cache_control"),  # type: ignore[arg-type]
+        (
+            chat(
+                system("a", {"type": "ephemeral", "ttl": "5m"}),
+                system("b", {"type": "ephemeral", "ttl": "1h"}),
+            ),
+            "messages[1].content[0].cache_control.ttl",
+        ),
+        (chat(*(system(str(i)) for i in range(5))), "messages[4].content[0].cache_control"),
+    ],
+)
+def test_bad_breakpoints_name_the_param(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        find_breakpoints(body, NS)
+    assert caught.value.param == param
+    assert caught.value.http_status == 400
+
+
+def test_one_hour_before_five_minutes_is_fine() -> None:
+    body = chat(
+        system("a", {"type": "ephemeral", "ttl": "1h"}), system("b", {"type": "ephemeral"})
+    )
+    assert [bp.ttl for bp in find_breakpoints(body, NS)] == [3600, 300]
+
+
+def test_strip_removes_every_marker_and_leaves_the_input_alone() -> None:
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": EPHEMERAL}
+    body = chat(
+        system("a"),
+        {"role": "user", "content": "q", "cache_control": EPHEMERAL},
+        tools=[tool],
+        cache_control=EPHEMERAL,
+    )
+    before = copy.deepcopy(body)
+    stripped = strip_cache_control(body)
+    assert body == before
+    assert "cache_control" not in str(stripped)
+    assert stripped["messages"][0]["content"][0] == {"type": "text", "text": "a"}
+
+
+texts = st.lists(st.text(min_size=1, max_size=20), min_size=2, max_size=6)
+
+
+def _marked(chunks: list[str], marks: set[int], ttl: str = "5m") -> dict[str, Any]:
+    parts = [
+        part(t, {"type": "ephemeral", "ttl": ttl} if i in marks else None)
+        for i, t in enumerate(chunks)
+    ]
+    return chat({"role": "user", "content": parts})
+
+
+@given(texts, st.data())
+def test_longer_prefix_never_shares_a_key(chunks: list[str], data: st.DataObject) -> None:
+    marks = set(range(len(chunks)))
+    if len(marks) > 4:
+        marks = set(sorted(marks)[-4:])
+    keys = [bp.key for bp in find_breakpoints(_marked(chunks, marks), NS)]
+    assert len(set(keys)) == len(keys)
+
+
+@given(texts, st.data())
+def test_changing_an_earlier_block_changes_every_later_key(
+    chunks: list[str], data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(0, len(chunks) - 1))
+    marks = set(range(index, min(len(chunks), index + 4)))
+    changed = list(chunks)
+    changed[index] = chunks[index] + "!"
+    before = find_breakpoints(_marked(chunks, marks), NS)
+    after = find_breakpoints(_marked(changed, marks), NS)
+    assert all(a.key != b.key for a, b in zip(before, after, strict=True))
+
+
+@given(texts, st.data())
+def test_moving_or_rettling_a_marker_keeps_the_content_hash(
+    chunks: list[str], data: st.DataObject
+) -> None:
+    last = len(chunks) - 1
+    ttl = data.draw(st.sampled_from(["5m", "1h"]))
+    only_last = find_breakpoints(_marked(chunks, {last}, ttl), NS)
+    earlier = data.draw(st.integers(0, last))
+    both = find_breakpoints(_marked(chunks, {earlier, last}), NS)
+    assert only_last[-1].key == both[-1].key
