@@ -9,6 +9,7 @@ and rewrites the ``model`` field so the client sees the id it asked for.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -163,6 +164,6 @@ def _str_or_none(value: Any) -> str | None:
 def _reason(exc: BaseException) -> str:
     # aiohttp's messages name host and port; keep only the OS reason.
     os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror.lower()
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
     return type(exc).__name__

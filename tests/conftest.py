@@ -214,3 +214,42 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def with_replicas(
+    config: RouterConfig, backend: str, urls: list[str], **fields: Any
+) -> RouterConfig:
+    """``config`` with ``backend``'s replicas pointed at ``urls`` (ids ``<backend>-f<i>``)."""
+    backends = []
+    for b in config.backends:
+        if b.name == backend:
+            replicas = [{"id": f"{backend}-f{i}", "url": u} for i, u in enumerate(urls)]
+            b = type(b).model_validate({**b.model_dump(), "replicas": replicas, **fields})
+        backends.append(b)
+    return config.model_copy(update={"backends": backends})
+
+
+@dataclass
+class Fake:
+    """A FakeUpstream running on its own loop thread."""
+
+    upstream: Any
+    thread: LoopThread
+
+    @property
+    def url(self) -> str:
+        return str(self.upstream.url)
+
+    def release(self) -> None:
+        self.thread.loop.call_soon_threadsafe(self.upstream.release.set)
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[Fake]:
+    from .fakes import FakeUpstream
+
+    thread = LoopThread()
+    upstream = thread.run(FakeUpstream().start())
+    yield Fake(upstream, thread)
+    thread.run(upstream.close())
+    thread.stop()
