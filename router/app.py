@@ -28,9 +28,10 @@ from router.errors import (
     Unauthorized,
     error_envelope,
 )
-from router.handlers import chat, meta
-from router.keys import BALANCER, CONFIG, CONTEXT, DISPATCHER, METRICS, SESSION, STORE
+from router.handlers import chat, completions, meta, responses, stored_chat
+from router.keys import BALANCER, CONFIG, CONTEXT, DISPATCHER, METRICS, OBJECTS, SESSION, STORE
 from router.metrics import Metrics
+from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
 from router.upstream import new_session
 
@@ -41,7 +42,9 @@ _PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
-def create_app(config: RouterConfig, *, store: PrefixStore | None = None) -> web.Application:
+def create_app(
+    config: RouterConfig, *, store: PrefixStore | None = None, objects: ObjectStore | None = None
+) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_size,
         middlewares=[request_middleware],
@@ -52,13 +55,29 @@ def create_app(config: RouterConfig, *, store: PrefixStore | None = None) -> web
     app[METRICS] = Metrics()
     if store is not None:
         app[STORE] = store
-    app.cleanup_ctx.extend([session_ctx, store_ctx, dispatcher_ctx])
+    if objects is not None:
+        app[OBJECTS] = objects
+    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx])
     _add_routes(app)
     return app
 
 
 def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat.create_chat_completion)
+    app.router.add_get("/v1/chat/completions", stored_chat.list_completions)
+    one = "/v1/chat/completions/{completion_id}"
+    app.router.add_get(one, stored_chat.retrieve_completion)
+    app.router.add_post(one, stored_chat.update_completion)
+    app.router.add_delete(one, stored_chat.delete_completion)
+    app.router.add_get(one + "/messages", stored_chat.list_messages)
+    app.router.add_post("/v1/completions", completions.create_completion)
+    app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_post("/v1/responses/input_tokens", responses.count_tokens)
+    response = "/v1/responses/{response_id}"
+    app.router.add_get(response, responses.retrieve_response)
+    app.router.add_delete(response, responses.delete_response)
+    app.router.add_post(response + "/cancel", responses.cancel_response)
+    app.router.add_get(response + "/input_items", responses.list_input_items)
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
@@ -90,6 +109,20 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if owned:
         await app[STORE].aclose()
+
+
+async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Stored API objects live where the prefix index lives (the same Redis, if any)."""
+    if OBJECTS not in app:
+        cache = app[CONFIG].cache
+        store = app[STORE]
+        if isinstance(store, RedisPrefixStore):
+            app[OBJECTS] = RedisObjectStore(
+                store.redis, key_prefix=cache.key_prefix, ttl=cache.responses_ttl
+            )
+        else:
+            app[OBJECTS] = MemoryObjectStore(cache.responses_ttl)
+    yield
 
 
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,11 +10,13 @@ from router.config import RouterConfig
 from router.context import RequestContext
 from router.dispatch import Dispatcher
 from router.metrics import Metrics
+from router.objects import ObjectStore
 from router.store import PrefixStore
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
 STORE = web.AppKey("store", PrefixStore)
+OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)

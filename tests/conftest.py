@@ -23,6 +23,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from router.app import create_app
 from router.config import REQUEST_TYPES, RouterConfig, embedded_config
@@ -30,6 +31,12 @@ from router.sim import SimFleet, SimSettings, start_fleet
 from router.store import PrefixStore
 
 T = TypeVar("T")
+
+# Deterministic examples and no per-example deadline: the suite must not flake on a busy CI box.
+settings.register_profile(
+    "di", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("di")
 
 FAST = SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=0, output_tokens=8)
 

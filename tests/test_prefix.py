@@ -95,9 +95,7 @@ def test_bad_breakpoints_name_the_param(body: dict[str, Any], param: str) -> Non
 
 
 def test_one_hour_before_five_minutes_is_fine() -> None:
-    body = chat(
-        system("a", {"type": "ephemeral", "ttl": "1h"}), system("b", {"type": "ephemeral"})
-    )
+    body = chat(system("a", {"type": "ephemeral", "ttl": "1h"}), system("b", {"type": "ephemeral"}))
     assert [bp.ttl for bp in find_breakpoints(body, NS)] == [3600, 300]
 
 

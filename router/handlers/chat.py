@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from router.handlers.common import context, read_json, relay_json, relay_sse
-from router.keys import DISPATCHER
+from router.handlers.stored_chat import StreamAssembler, save
+from router.keys import DISPATCHER, OBJECTS
 from router.validate import check_chat
 
 
@@ -16,8 +18,17 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     dispatcher = request.app[DISPATCHER]
     plan = dispatcher.plan(body, ctx)
     payload = dispatcher.payload(body, raw, plan)
+    store = body.get("store") is True
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
         if body.get("stream"):
-            return await relay_sse(request, routed, ctx, body["model"])
-        response, _ = await relay_json(routed, ctx, body["model"])
-        return response
+            assembler = StreamAssembler() if store else None
+            response = await relay_sse(
+                request, routed, ctx, body["model"], assembler.feed if assembler else None
+            )
+            if assembler is not None and assembler.head:
+                await save(request.app[OBJECTS], ctx, body, assembler.completion())
+            return response
+        response, data = await relay_json(routed, ctx, body["model"])
+    if store:
+        await save(request.app[OBJECTS], ctx, body, orjson.loads(data))
+    return response

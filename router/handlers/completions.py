@@ -1,0 +1,50 @@
+"""``POST /v1/completions``: the legacy text-completion API, always of type ``text``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from router.errors import InvalidRequest
+from router.handlers.common import context, read_json, relay_json, relay_sse
+from router.keys import DISPATCHER
+from router.validate import check_model, check_sampling
+
+
+async def create_completion(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    body, raw = await read_json(request)
+    check_model(body)
+    _check_prompt(body.get("prompt"))
+    check_sampling(body)
+    dispatcher = request.app[DISPATCHER]
+    # A prompt string carries no messages, tools or formats: always the text pool.
+    plan = dispatcher.plan({"model": body["model"]}, ctx)
+    payload = dispatcher.payload(body, raw, plan)
+    async with dispatcher.dispatch(ctx, plan, "/completions", payload) as routed:
+        if body.get("stream"):
+            return await relay_sse(request, routed, ctx, body["model"])
+        response, _ = await relay_json(routed, ctx, body["model"])
+        return response
+
+
+def _check_prompt(prompt: Any) -> None:
+    if prompt is None:
+        raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
+    if isinstance(prompt, str):
+        return
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and (
+            all(isinstance(p, str) for p in prompt)
+            or all(isinstance(t, int) for t in prompt)
+            or all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt)
+        )
+    ):
+        return
+    raise InvalidRequest(
+        "'prompt' must be a string, an array of strings, or an array of token arrays.",
+        param="prompt",
+    )

@@ -1,0 +1,234 @@
+"""The Responses API: ``/v1/responses`` and its stored objects, on top of any chat backend.
+
+A request is translated to Chat Completions first, always: that chat body is what classification
+and prefix keys read, so both APIs route and cache alike. A ``chat`` backend then gets the chat
+body and its answer is translated back (JSON, or typed SSE events); a ``responses`` backend gets
+the client's body as it came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from router.context import RequestContext
+from router.dispatch import Plan, Routed
+from router.errors import InvalidRequest, NotFound
+from router.handlers.common import SSE_HEADERS, context, read_json, relay_json, relay_sse, where
+from router.handlers.listing import guarded, list_response, newest_first, page_limit
+from router.keys import DISPATCHER, OBJECTS
+from router.objects import ObjectStore
+from router.prefix import strip_cache_control
+from router.responses import (
+    ChatToResponseEvents,
+    ResponsesInputError,
+    chat_to_response,
+    count_input_tokens,
+    input_items,
+    request_to_chat,
+    response_to_history,
+)
+from router.store import StoreUnavailable
+from router.upstream import iter_sse_events, read_body
+from router.validate import check_model
+
+log = logging.getLogger(__name__)
+
+KIND = "response"
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    body, _raw = await read_json(request)
+    check_model(body)
+    if "input" not in body:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    objects = request.app[OBJECTS]
+    history = await _history(objects, body.get("previous_response_id"))
+    chat = _to_chat(body, history)
+    dispatcher = request.app[DISPATCHER]
+    plan = dispatcher.plan(chat, ctx)
+    response_id = f"resp_{uuid.uuid4().hex}"
+    created_at = int(time.time())
+    stream = bool(body.get("stream"))
+    if plan.backend.api == "responses":
+        payload = _passthrough_payload(body, plan)
+        async with dispatcher.dispatch(ctx, plan, "/responses", payload) as routed:
+            if stream:
+                return await relay_sse(request, routed, ctx, body["model"])
+            answer, data = await relay_json(routed, ctx, body["model"])
+        await _save(objects, ctx, body, chat, orjson.loads(data))
+        return answer
+    payload = dispatcher.payload(chat, None, plan)
+    async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
+        if stream:
+            events = ChatToResponseEvents(
+                request=body, response_id=response_id, created_at=created_at
+            )
+            reply = await _stream_events(request, routed, ctx, events)
+            await _save(objects, ctx, body, chat, events.response)
+            return reply
+        data = await read_body(routed.response, where(routed))
+    result = chat_to_response(
+        orjson.loads(data), request=body, response_id=response_id, created_at=created_at
+    )
+    await _save(objects, ctx, body, chat, result)
+    return web.json_response(result, headers=ctx.headers, dumps=_dumps)
+
+
+async def retrieve_response(request: web.Request) -> web.Response:
+    doc = await _load(request)
+    return web.json_response(doc["response"], dumps=_dumps)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    await _load(request)
+    response_id = request.match_info["response_id"]
+    await guarded(request.app[OBJECTS].delete(KIND, response_id))
+    return web.json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    await _load(request)
+    raise InvalidRequest("Only background responses can be cancelled; this one has finished.")
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    doc = await _load(request)
+    items: list[dict[str, Any]] = list(doc["input_items"])
+    # OpenAI lists input items newest first unless asked otherwise.
+    if newest_first(request.query.get("order", "desc")):
+        items.reverse()
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit = page_limit(request.query.get("limit"))
+    return list_response(items[:limit], len(items) > limit)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body, _ = await read_json(request)
+    if "input" not in body:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    try:
+        tokens = count_input_tokens(body)
+    except ResponsesInputError as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from None
+    return web.json_response({"object": "response.input_tokens", "input_tokens": tokens})
+
+
+def _to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None) -> dict[str, Any]:
+    try:
+        return request_to_chat(body, history)
+    except ResponsesInputError as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from None
+
+
+async def _history(objects: ObjectStore, previous: Any) -> list[dict[str, Any]] | None:
+    if previous is None:
+        return None
+    if not isinstance(previous, str):
+        raise InvalidRequest(
+            "'previous_response_id' must be a string.", param="previous_response_id"
+        )
+    doc = await guarded(objects.get(KIND, previous))
+    if doc is None:
+        raise NotFound(
+            f"Previous response with id {previous!r} not found.", param="previous_response_id"
+        )
+    history: list[dict[str, Any]] = doc["history"]
+    return history
+
+
+def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
+    backend = plan.backend
+    out = body
+    if backend.model:
+        out = {**out, "model": backend.model}
+    if plan.marked and not backend.forward_cache_control and isinstance(out.get("input"), list):
+        # The input list has the shape of chat messages where markers can sit.
+        out = {**out, "input": strip_cache_control({"messages": out["input"]})["messages"]}
+    return orjson.dumps(out)
+
+
+async def _stream_events(
+    request: web.Request, routed: Routed, ctx: RequestContext, events: ChatToResponseEvents
+) -> web.StreamResponse:
+    """Relay a chat stream as typed Responses events; failures end in ``response.failed``."""
+    reply = web.StreamResponse(headers={**ctx.headers, **SSE_HEADERS})
+    await reply.prepare(request)
+    try:
+        await reply.write(b"".join(events.start()))
+        done = False
+        async for batch in iter_sse_events(routed.response):
+            frames: list[bytes] = []
+            for event in batch:
+                if not event.startswith(b"data:"):
+                    continue
+                data = event[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                chunk = orjson.loads(data)
+                if "error" in chunk:
+                    error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                    frames += events.fail(str(error.get("message", "upstream error")))
+                    await reply.write(b"".join(frames))
+                    return reply
+                frames += events.feed(chunk)
+            if frames:
+                await reply.write(b"".join(frames))
+        if done:
+            await reply.write(b"".join(events.finish()))
+        else:
+            await reply.write(b"".join(events.fail(f"The {where(routed)} ended the stream early.")))
+    except ConnectionResetError:
+        log.info("request %s: client went away mid-stream", ctx.request_id)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+        log.warning("request %s: %s", ctx.request_id, message)
+        with contextlib.suppress(ConnectionResetError):
+            await reply.write(b"".join(events.fail(message)))
+    return reply
+
+
+async def _save(
+    objects: ObjectStore,
+    ctx: RequestContext,
+    body: dict[str, Any],
+    chat: dict[str, Any],
+    response: dict[str, Any],
+) -> None:
+    if body.get("store") is False or not isinstance(response.get("id"), str):
+        return
+    doc = {
+        "response": response,
+        "input_items": input_items(body),
+        "history": response_to_history(chat.get("messages") or [], response),
+    }
+    try:
+        await objects.put(KIND, response["id"], doc)
+    except StoreUnavailable:
+        log.warning(
+            "request %s: response %s not stored (store down)", ctx.request_id, response["id"]
+        )
+
+
+async def _load(request: web.Request) -> dict[str, Any]:
+    response_id = request.match_info["response_id"]
+    doc = await guarded(request.app[OBJECTS].get(KIND, response_id))
+    if doc is None:
+        raise NotFound(f"Response with id {response_id!r} not found.", param="response_id")
+    return doc
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
