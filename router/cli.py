@@ -161,8 +161,10 @@ def _sim(args: argparse.Namespace) -> int:
         block_size=args.block_size,
     )
     return _run(
-        serve_fleet_forever(
-            settings, host=args.host, port=args.port, replicas=args.replicas, name=args.name
+        _until_cancelled_or_stopped(
+            serve_fleet_forever(
+                settings, host=args.host, port=args.port, replicas=args.replicas, name=args.name
+            )
         )
     )
 
@@ -209,6 +211,17 @@ async def _until_stopped() -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def _until_cancelled_or_stopped(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or SIGINT/SIGTERM arrives, then cancel it cleanly."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(_until_stopped())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _run(main: Coroutine[Any, Any, None]) -> int:
