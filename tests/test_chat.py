@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
 
@@ -16,7 +16,7 @@ from router.sim import SimSettings
 
 from .conftest import FAST, Stack
 
-TOOLS = [
+TOOLS: Any = [
     {
         "type": "function",
         "function": {
@@ -35,7 +35,7 @@ TOOLS = [
         },
     }
 ]
-PERSON = {
+PERSON: Any = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
     "required": ["name", "age"],
@@ -52,7 +52,7 @@ IMAGE_MESSAGE: Any = {
 }
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> Any:
     return [{"role": "user", "content": text}]
 
 
@@ -144,7 +144,7 @@ def test_tools_route_to_code_and_arguments_validate(stack: Stack) -> None:
     )
     assert raw.headers["X-DI-Request-Type"] == "code"
     assert raw.headers["X-DI-Backend"] == "sim-code"
-    calls = raw.parse().choices[0].message.tool_calls or []
+    calls: Any = raw.parse().choices[0].message.tool_calls or []
     assert len(calls) == 1
     assert calls[0].function.name == "get_weather"
     jsonschema.validate(json.loads(calls[0].function.arguments), TOOLS[0]["function"]["parameters"])
@@ -155,12 +155,12 @@ def test_tool_loop_is_code_and_ends_in_text(stack: Stack) -> None:
     first = client.chat.completions.create(
         model="m", messages=user("weather?"), tools=TOOLS, tool_choice="required"
     )
-    call = (first.choices[0].message.tool_calls or [])[0]
+    call: Any = (first.choices[0].message.tool_calls or [])[0]
     raw = client.chat.completions.with_raw_response.create(
         model="m",
         messages=[
             *user("weather?"),
-            first.choices[0].message.model_dump(exclude_none=True),
+            cast(Any, first.choices[0].message.model_dump(exclude_none=True)),
             {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
         ],
     )

@@ -20,14 +20,27 @@ from .conftest import Fake, RedisServer, Stack, with_replicas
 # Prefill dominates: a 2,000-token miss costs ~200 ms, a hit a few ms (a modelled gap of ~40x).
 TIMED = SimSettings(ttft_ms=2, prefill_ms_per_token=0.1, itl_ms=0, output_tokens=4)
 HELD = SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=100, output_tokens=50)
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+]
 
 
 def system_prompt(tokens: int = 2000, salt: str = "") -> str:
     return salt + " " + " ".join(WORDS[i % len(WORDS)] for i in range(tokens))
 
 
-def cached_messages(question: str, salt: str = "", ttl: str | None = None) -> list[Any]:
+def cached_messages(question: str, salt: str = "", ttl: str | None = None) -> Any:
     marker: dict[str, str] = {"type": "ephemeral"}
     if ttl:
         marker["ttl"] = ttl
@@ -87,7 +100,7 @@ def test_no_breakpoint_is_none_and_bad_breakpoints_are_400(stack: Stack) -> None
     bad[0]["content"][0]["cache_control"] = {"type": "ephemeral", "ttl": "10m"}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="m", messages=bad)
-    assert caught.value.param == "messages[0].content[0].cache_control.ttl"  # type: ignore[attr-defined]
+    assert caught.value.body["param"] == "messages[0].content[0].cache_control.ttl"  # type: ignore[index]
 
 
 async def test_concurrent_first_requests_converge_on_one_replica(make_stack: Any) -> None:
@@ -98,7 +111,7 @@ async def test_concurrent_first_requests_converge_on_one_replica(make_stack: Any
         raw = await client.chat.completions.with_raw_response.create(
             model="m", messages=cached_messages(f"question {i}", salt="burst")
         )
-        return raw.headers["X-DI-Replica"]
+        return str(raw.headers["X-DI-Replica"])
 
     replicas = await asyncio.gather(*(one(i) for i in range(20)))
     assert len(set(replicas)) == 1
@@ -186,13 +199,22 @@ def test_prefixes_below_min_tokens_are_not_cached(make_stack: Any) -> None:
         assert raw.headers["X-DI-Cache"] == "none"
 
 
+async def flush(live: Stack) -> None:
+    await live.app[STORE].flush()
+
+
 def redis_stack(make_stack: Any, server: RedisServer, **kwargs: Any) -> Stack:
     store = RedisPrefixStore(
         Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5),
         timeout=0.2,
         retry_after=0.05,
     )
-    return make_stack(store=store, **kwargs)  # type: ignore[no-any-return]
+    stack: Stack = make_stack(store=store, **kwargs)
+    return stack
+
+
+async def _reset(admin: Redis) -> None:
+    await admin.config_resetstat()
 
 
 async def command_calls(url: str) -> dict[str, int]:
@@ -208,14 +230,14 @@ def test_one_redis_round_trip_per_request(make_stack: Any, redis_server: RedisSe
     live = redis_stack(make_stack, redis_server)
     client = live.client()
     client.chat.completions.create(model="m", messages=cached_messages("warm"))
-    live.run(live.app[STORE].flush())
+    live.run(flush(live))
     admin = Redis.from_url(redis_server.url)
-    live.run(admin.config_resetstat())
+    live.run(_reset(admin))
     live.run(admin.aclose())
     for i in range(5):
         client.chat.completions.create(model="m", messages=cached_messages(f"q{i}"))
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    live.run(live.app[STORE].flush())
+    live.run(flush(live))
     calls = live.run(command_calls(redis_server.url))
     assert calls.pop("evalsha") == 5  # one script call per request with breakpoints
     # What remains ran inside the script (GET, EXPIRE) or is the admin's own connection;
@@ -246,3 +268,21 @@ def test_redis_outage_bypasses_then_recovers(make_stack: Any, redis_server: Redi
             break
     assert outcomes[-1] == "hit"
     assert set(outcomes) <= {"bypass", "miss", "hit"}
+
+
+async def test_concurrent_first_requests_converge_with_redis(
+    make_stack: Any, redis_server: RedisServer
+) -> None:
+    live = redis_stack(make_stack, redis_server, sim=TIMED, replicas=4)
+    client = live.aclient()
+    raws = await asyncio.gather(
+        *(
+            client.chat.completions.with_raw_response.create(
+                model="m", messages=cached_messages(f"question {i}", salt="redis-burst")
+            )
+            for i in range(20)
+        )
+    )
+    assert len({raw.headers["X-DI-Replica"] for raw in raws}) == 1
+    assert sorted(raw.headers["X-DI-Cache"] for raw in raws).count("hit") == 19
+    await client.close()

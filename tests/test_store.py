@@ -55,24 +55,24 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         return
     if request.param == "fakeredis":
         server = fakeredis.FakeServer()
-        clients = [fakeredis.FakeAsyncRedis(server=server) for _ in range(3)]
+        clients: list[Any] = [fakeredis.FakeAsyncRedis(server=server) for _ in range(3)]
     else:
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         clients = [Redis.from_url(redis_server.url) for _ in range(3)]
-    store = RedisPrefixStore(clients[0], key_prefix="t:")
+    redis_store = RedisPrefixStore(clients[0], key_prefix="t:")
     other = RedisPrefixStore(clients[1], key_prefix="t:")
     admin = clients[2]
 
     async def redis_ttl(key: str) -> float:
-        await store.flush()
-        return float(await admin.ttl(store.key(key)))
+        await redis_store.flush()
+        return float(await admin.ttl(redis_store.key(key)))
 
     async def redis_expire(key: str) -> None:
-        await store.flush()
-        await admin.delete(store.key(key))
+        await redis_store.flush()
+        await admin.delete(redis_store.key(key))
 
-    yield Subject(store, other, redis_ttl, redis_expire)
-    for client in (store, other):
+    yield Subject(redis_store, other, redis_ttl, redis_expire)
+    for client in (redis_store, other):
         await client.aclose()
     await admin.aclose()
 
