@@ -66,13 +66,21 @@ class Dispatcher:
         self._routes = {t: balancer.pools[config.routes.backend_for(t)] for t in RequestType}
         self._affinity = config.routing.policy == "prefix_affinity"
 
-    def plan(self, chat_body: dict[str, Any], ctx: RequestContext) -> Plan:
-        """Classify a chat-shaped body and compute its prefix keys; raises InvalidRequest."""
+    def plan(
+        self, chat_body: dict[str, Any], ctx: RequestContext, raw: bytes | None = None
+    ) -> Plan:
+        """Classify a chat-shaped body and compute its prefix keys; raises InvalidRequest.
+
+        ``raw``, the body's bytes when it came as is, lets most requests skip the breakpoint
+        walk: without the key's bytes anywhere there can be no marker.
+        """
         request_type = classify(chat_body)
         ctx.headers["X-DI-Request-Type"] = request_type.value
         pool = self._routes[request_type]
         backend = pool.backend
         ctx.headers["X-DI-Backend"] = backend.name
+        if raw is not None and b'"cache_control"' not in raw:
+            return Plan(request_type, pool, [], marked=False)
         namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
         found = find_breakpoints(chat_body, namespace)
         minimum = backend.cache.min_tokens

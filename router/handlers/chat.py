@@ -16,7 +16,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     body, raw = await read_json(request)
     check_chat(body)
     dispatcher = request.app[DISPATCHER]
-    plan = dispatcher.plan(body, ctx)
+    plan = dispatcher.plan(body, ctx, raw)
     payload = dispatcher.payload(body, raw, plan)
     store = body.get("store") is True
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
