@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -29,7 +29,17 @@ from router.errors import (
     error_envelope,
 )
 from router.handlers import chat, completions, meta, responses, stored_chat
-from router.keys import BALANCER, CONFIG, CONTEXT, DISPATCHER, METRICS, OBJECTS, SESSION, STORE
+from router.keys import (
+    BALANCER,
+    BASE_HEADERS,
+    CONFIG,
+    CONTEXT,
+    DISPATCHER,
+    METRICS,
+    OBJECTS,
+    SESSION,
+    STORE,
+)
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
@@ -53,6 +63,10 @@ def create_app(
     app[CONFIG] = config
     app[BALANCER] = Balancer(config)
     app[METRICS] = Metrics()
+    app[BASE_HEADERS] = {
+        "Access-Control-Allow-Origin": config.server.cors_allow_origin,
+        "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
+    }
     if store is not None:
         app[STORE] = store
     if objects is not None:
@@ -133,11 +147,9 @@ async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, CORS, auth, and every error as an OpenAI envelope; one log line each."""
-    config = request.app[CONFIG]
     given = request.headers.get("X-Request-Id", "")
-    ctx = RequestContext(given if _REQUEST_ID.match(given) else uuid.uuid4().hex)
-    ctx.headers["Access-Control-Allow-Origin"] = config.server.cors_allow_origin
-    ctx.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+    request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
+    ctx = RequestContext.start(request_id, request.app[BASE_HEADERS])
     request[CONTEXT] = ctx
     try:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:

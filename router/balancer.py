@@ -8,9 +8,11 @@ tried anyway (a pool is never empty by choice of the router).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from zlib import crc32
+
+import aiohttp
 
 from router.config import BackendConfig, RouterConfig, RoutingConfig
 
@@ -22,6 +24,18 @@ class Replica:
     backend: BackendConfig
     in_flight: int = 0
     down_until: float = 0.0
+    # Built once, not per request: the backend's timeouts and upstream auth header.
+    timeout: aiohttp.ClientTimeout = field(init=False)
+    headers: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = self.backend.timeout
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=limits.connect, sock_read=limits.read
+        )
+        self.headers = {"Content-Type": "application/json"}
+        if self.backend.api_key is not None:
+            self.headers["Authorization"] = f"Bearer {self.backend.api_key.get_secret_value()}"
 
 
 @dataclass(eq=False, slots=True)
@@ -51,7 +65,7 @@ class Balancer:
         *,
         warm: str | None = None,
         tie_key: str | None = None,
-        exclude: Iterable[Replica] = (),
+        exclude: Sequence[Replica] = (),
     ) -> Choice:
         """Choose a replica; ``warm`` is the id of the replica holding the request's prefix."""
         candidates = self._available(pool, exclude)
@@ -77,10 +91,9 @@ class Balancer:
     def mark_ok(self, replica: Replica) -> None:
         replica.down_until = 0.0
 
-    def _available(self, pool: Pool, exclude: Iterable[Replica]) -> list[Replica]:
-        skip = set(map(id, exclude))
+    def _available(self, pool: Pool, exclude: Sequence[Replica]) -> list[Replica]:
         now = self._clock()
-        fresh = [r for r in pool.replicas if id(r) not in skip]
+        fresh = [r for r in pool.replicas if r not in exclude] if exclude else pool.replicas
         healthy = [r for r in fresh if r.down_until <= now]
         return healthy or fresh or pool.replicas
 

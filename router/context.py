@@ -18,14 +18,16 @@ EXPOSED_HEADERS = (
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    started: float = field(default_factory=time.perf_counter)
     # Response headers known so far; every response of this request carries them, errors too.
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter)
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
 
-    def __post_init__(self) -> None:
-        self.headers["X-Request-Id"] = self.request_id
+    @classmethod
+    def start(cls, request_id: str, base_headers: dict[str, str]) -> RequestContext:
+        """A context whose headers begin with ``base_headers`` (CORS) and the request id."""
+        return cls(request_id, {**base_headers, "X-Request-Id": request_id})
 
     def server_timing(self) -> str:
         return f"router;dur={self.router_ms:.2f}, upstream;dur={self.upstream_ms:.2f}"

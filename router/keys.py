@@ -21,3 +21,5 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 CONTEXT = web.RequestKey("context", RequestContext)
+# Headers every response starts with (CORS), built once from the config.
+BASE_HEADERS = web.AppKey("base_headers", dict[str, str])

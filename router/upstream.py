@@ -55,28 +55,28 @@ async def send(
     headers: dict[str, str],
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to ``replica``; return the response with a success status, headers read."""
-    backend = replica.backend
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=backend.timeout.connect, sock_read=backend.timeout.read
-    )
-    out_headers = {"Content-Type": "application/json", **headers}
-    if backend.api_key is not None:
-        out_headers["Authorization"] = f"Bearer {backend.api_key.get_secret_value()}"
-    where = f"backend {backend.name!r} replica {replica.id!r}"
     try:
         response = await session.post(
-            replica.url + path, data=body, headers=out_headers, timeout=timeout
+            replica.url + path,
+            data=body,
+            headers={**replica.headers, **headers},
+            timeout=replica.timeout,
         )
     except (aiohttp.ClientConnectorError, aiohttp.ClientConnectionResetError) as exc:
-        raise Unreachable(f"The {where} is unreachable ({_reason(exc)}).") from None
+        raise Unreachable(f"The {describe(replica)} is unreachable ({_reason(exc)}).") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(f"The {where} did not answer in time.") from None
+        raise UpstreamTimeout(f"The {describe(replica)} did not answer in time.") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"The {where} failed: {_reason(exc)}.") from None
+        raise UpstreamError(f"The {describe(replica)} failed: {_reason(exc)}.") from None
     if response.status >= 400:
         async with response:
-            raise await _status_error(response, where)
+            raise await _status_error(response, describe(replica))
     return response
+
+
+def describe(replica: Replica) -> str:
+    """How errors name a replica: by ids, never by URL."""
+    return f"backend {replica.backend.name!r} replica {replica.id!r}"
 
 
 async def read_body(response: aiohttp.ClientResponse, where: str) -> bytes:

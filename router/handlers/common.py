@@ -14,7 +14,7 @@ from router.context import RequestContext
 from router.dispatch import Routed
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from router.keys import CONFIG, CONTEXT
-from router.upstream import iter_sse_events, model_field, read_body, rewrite_model
+from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def context(request: web.Request) -> RequestContext:
 
 
 def where(routed: Routed) -> str:
-    return f"backend {routed.replica.backend.name!r} replica {routed.replica.id!r}"
+    return describe(routed.replica)
 
 
 async def relay_json(

@@ -63,12 +63,9 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def _probe(app: web.Application, replica: Replica) -> bool:
-    headers = {}
-    if replica.backend.api_key is not None:
-        headers["Authorization"] = f"Bearer {replica.backend.api_key.get_secret_value()}"
     try:
         async with app[SESSION].get(
-            replica.url + "/models", headers=headers, timeout=_PROBE_TIMEOUT
+            replica.url + "/models", headers=replica.headers, timeout=_PROBE_TIMEOUT
         ) as response:
             return response.status < 500
     except (aiohttp.ClientError, TimeoutError):
