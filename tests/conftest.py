@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, settings
 
 from router.app import create_app
 from router.config import REQUEST_TYPES, RouterConfig, embedded_config
+from router.objects import ObjectStore
 from router.sim import SimFleet, SimSettings, start_fleet
 from router.store import PrefixStore
 
@@ -103,6 +104,7 @@ def start_stack(
     replicas: int = 2,
     edit: ConfigEdit | None = None,
     store: PrefixStore | None = None,
+    objects: ObjectStore | None = None,
 ) -> Stack:
     thread = LoopThread()
 
@@ -116,7 +118,7 @@ def start_stack(
         )
         if edit is not None:
             config = edit(config)
-        app = create_app(config, store=store)
+        app = create_app(config, store=store, objects=objects)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -293,3 +293,27 @@ def test_stored_chat_completions(stack: Stack) -> None:
         client.chat.completions.retrieve(ids[2])
     page = client.chat.completions.list(model="store-model", limit=1)
     assert len(page.data) == 1 and page.has_more
+
+
+def test_object_store_down_still_answers_and_reads_are_503(make_stack: Any) -> None:
+    from redis.asyncio import Redis
+
+    from router.objects import RedisObjectStore
+
+    from .conftest import free_port
+
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    live = make_stack(objects=RedisObjectStore(dead, key_prefix="t:", ttl=60))
+    client = live.client()
+    created = client.responses.create(model="m", input="hi")
+    assert created.output_text  # the answer is not lost to the store
+    completion = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], store=True
+    )
+    assert completion.choices[0].message.content
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.responses.retrieve(created.id)
+    assert caught.value.status_code == 503
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.list()
+    live.run(dead.aclose())
