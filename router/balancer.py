@@ -24,6 +24,7 @@ class Replica:
     backend: BackendConfig
     in_flight: int = 0
     down_until: float = 0.0
+    prefixes: int = 0  # new prefixes this process placed here (a proxy for its cache's share)
     # Built once, not per request: the backend's timeouts and upstream auth header.
     timeout: aiohttp.ClientTimeout = field(init=False)
     headers: dict[str, str] = field(init=False)
@@ -78,12 +79,26 @@ class Balancer:
             held = next((r for r in candidates if r.id == warm), None)
             if held is not None and not self._overloaded(held.in_flight, least):
                 return Choice(held, True)
+        if tie_key is not None and policy == "prefix_affinity":
+            return Choice(self._place(candidates, least, tie_key), False)
         idle = [r for r in candidates if r.in_flight == least]
         if tie_key is not None:
             # Equal loads: spread distinct prefixes evenly, the same prefix always the same way.
             return Choice(idle[crc32(tie_key.encode()) % len(idle)], False)
         pool.turn += 1
         return Choice(idle[pool.turn % len(idle)], False)
+
+    def _place(self, candidates: list[Replica], least: int, key: str) -> Replica:
+        """Where a prefix no replica holds goes: among replicas not overloaded, the one that
+        was given the fewest prefixes (as SGLang's cache-aware policy picks the smallest tree),
+        then the least loaded, then by the key. Placing by load alone pins a burst of new
+        prefixes onto whichever replica happened to be idle at that instant."""
+        fit = [r for r in candidates if not self._overloaded(r.in_flight, least)]
+        fewest = min((r.prefixes, r.in_flight) for r in fit)
+        best = [r for r in fit if (r.prefixes, r.in_flight) == fewest]
+        chosen = best[crc32(key.encode()) % len(best)]
+        chosen.prefixes += 1
+        return chosen
 
     def mark_failed(self, replica: Replica) -> None:
         replica.down_until = self._clock() + self._routing.replica_cooldown
