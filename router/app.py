@@ -29,6 +29,7 @@ from router.errors import (
     error_envelope,
 )
 from router.handlers import chat, completions, meta, responses, stored_chat
+from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
     BASE_HEADERS,
@@ -115,6 +116,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                 key_prefix=cache.key_prefix,
                 timeout=cache.timeout_ms / 1000,
                 retry_after=cache.retry_after,
+                max_connections=app[CONFIG].upstream.connection_limit,
             )
             await redis_store.prepare()
             app[STORE] = redis_store
@@ -168,6 +170,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
+        if ctx.stream is not None:
+            # Headers are out: the failure can only travel inside the stream.
+            message = f"The router failed mid-stream (request id {ctx.request_id})."
+            await write_error_tail(ctx.stream, ctx, message, "internal_error")
+            _account(request, ctx, ctx.stream)
+            return ctx.stream
         response = web.json_response(
             error_envelope(
                 f"The router failed on this request (request id {ctx.request_id}).",

@@ -15,7 +15,14 @@ from typing import Any
 from aiohttp import web
 
 from router.app import create_app
-from router.config import REQUEST_TYPES, ConfigError, RouterConfig, embedded_config, load_config
+from router.config import (
+    REQUEST_TYPES,
+    CacheConfig,
+    ConfigError,
+    RouterConfig,
+    embedded_config,
+    load_config,
+)
 
 log = logging.getLogger("router")
 
@@ -119,7 +126,9 @@ async def _serve_embedded(listen: dict[str, Any], redis_url: str | None) -> None
         }
         config = embedded_config(pools, **listen)
         if redis_url:
-            cache = config.cache.model_copy(update={"redis_url": redis_url})
+            cache = CacheConfig.model_validate(
+                {**config.cache.model_dump(), "redis_url": redis_url}
+            )
             config = config.model_copy(update={"cache": cache})
         runner = await _start(config)
         try:

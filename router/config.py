@@ -213,7 +213,11 @@ def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, ["the file must hold a mapping with backends: and routes:"])
     for section, values in overrides.items():
-        data.setdefault(section, {}).update(values)
+        given = data.get(section)
+        if isinstance(given, dict):
+            data[section] = {**given, **values}
+        elif given is None:  # absent, or an empty "section:" line
+            data[section] = values
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 EXPOSED_HEADERS = (
     "X-DI-Request-Type",
     "X-DI-Backend",
@@ -23,6 +25,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    stream: web.StreamResponse | None = None  # set once SSE headers are sent
 
     @classmethod
     def start(cls, request_id: str, base_headers: dict[str, str]) -> RequestContext:

@@ -113,12 +113,14 @@ def _without_marker(item: Any) -> Any:
 
 
 def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
-    for i, tool in enumerate(body.get("tools") or ()):
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if isinstance(tool, dict):
             yield _Block(
                 _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
             )
-    for i, message in enumerate(body.get("messages") or ()):
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
         if isinstance(message, dict):
             yield from _message_blocks(i, message)
 

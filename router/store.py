@@ -152,13 +152,15 @@ class RedisPrefixStore(PrefixStore):
         self._writes: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisPrefixStore:
+    def from_url(cls, url: str, *, max_connections: int = 1024, **kwargs: Any) -> RedisPrefixStore:
+        """A store on its own client; ``max_connections`` should match the upstream pool, so a
+        burst of requests never finds the Redis pool exhausted before the upstream one."""
         timeout = kwargs.get("timeout", 0.05)
         client = Redis.from_url(
             url,
             socket_timeout=max(timeout * 4, 0.5),
             socket_connect_timeout=max(timeout * 4, 0.5),
-            health_check_interval=30,
+            max_connections=max_connections,
         )
         return cls(client, **kwargs)
 
@@ -181,13 +183,17 @@ class RedisPrefixStore(PrefixStore):
             remote = PrefixHit(index, replica, int(tokens or 0))
         local = self._local.get(breakpoints)
         if local is not None and (remote is None or local.index > remote.index):
+            # Redis lost what this process knows (a restart, eviction): put it back.
+            self._schedule_write(breakpoints[: local.index + 1], local.replica)
             return local
         return remote
 
     def record(self, breakpoints: Sequence[Breakpoint], replica: str) -> None:
         self._local.record(breakpoints, replica)
-        if self._clock() < self._down_until:
-            return
+        if self._clock() >= self._down_until:
+            self._schedule_write(breakpoints, replica)
+
+    def _schedule_write(self, breakpoints: Sequence[Breakpoint], replica: str) -> None:
         task = asyncio.get_running_loop().create_task(self._write(breakpoints, replica))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)

@@ -62,7 +62,13 @@ async def send(
             headers={**replica.headers, **headers},
             timeout=replica.timeout,
         )
-    except (aiohttp.ClientConnectorError, aiohttp.ClientConnectionResetError) as exc:
+    except (
+        aiohttp.ClientConnectorError,
+        aiohttp.ConnectionTimeoutError,
+        aiohttp.ClientConnectionResetError,
+        # A pooled keep-alive connection the server had already closed: nothing was processed.
+        aiohttp.ServerDisconnectedError,
+    ) as exc:
         raise Unreachable(f"The {describe(replica)} is unreachable ({_reason(exc)}).") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout(f"The {describe(replica)} did not answer in time.") from None
@@ -114,16 +120,37 @@ async def iter_sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[lis
             continue
         *events, buffer = buffer.split(b"\n\n")
         yield [e for e in events if e]
-    if buffer.strip():
-        yield [buffer.strip()]
+    # The body ended without a blank line: pass the last event on only if it is whole (a
+    # final "data: [DONE]" often is); half an event would only break the client's parser.
+    tail = buffer.strip()
+    if tail and _is_whole_event(tail):
+        yield [tail]
+
+
+def _is_whole_event(event: bytes) -> bool:
+    data = event.rpartition(b"data:")[2].strip()
+    if data == b"[DONE]":
+        return True
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 async def _status_error(response: aiohttp.ClientResponse, where: str) -> UpstreamError:
     try:
-        raw = await asyncio.wait_for(response.content.read(_MAX_ERROR_BODY), timeout=5)
+        raw = await asyncio.wait_for(_read_capped(response, _MAX_ERROR_BODY), timeout=5)
     except (TimeoutError, aiohttp.ClientError):
         raw = b""
     message, error_type, param, code = _parse_error(raw)
+    if response.status in (401, 403):
+        # The backend refused the router's own upstream key: not the client's fault, and its
+        # message may quote part of that key.
+        return UpstreamError(
+            f"The {where} refused the router's upstream credentials (HTTP {response.status}).",
+            code="upstream_auth_failed",
+        )
     if not message:
         message = f"The {where} answered HTTP {response.status}."
     return UpstreamError(
@@ -133,6 +160,19 @@ async def _status_error(response: aiohttp.ClientResponse, where: str) -> Upstrea
         param=param,
         code=code,
     )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body, however many reads it arrives in."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await response.content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _parse_error(raw: bytes) -> tuple[str, str | None, str | None, str | None]:

@@ -27,6 +27,12 @@ def check_chat(body: dict[str, Any]) -> None:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     for i, message in enumerate(messages):
         _check_message(message, f"messages[{i}]")
+    for name in ("tools", "functions"):
+        value = body.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(t, dict) for t in value)
+        ):
+            raise InvalidRequest(f"'{name}' must be an array of objects.", param=name)
     check_sampling(body)
 
 
@@ -59,6 +65,11 @@ def check_sampling(body: dict[str, Any]) -> None:
         if value is not None and (not _is_int(value) or value < 1):
             raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
     _check_logit_bias(body.get("logit_bias"))
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidRequest("'metadata' must be an object of string values.", param="metadata")
     stop = body.get("stop")
     if stop is not None and not (
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
@@ -70,7 +81,7 @@ def _check_message(message: Any, where: str) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object with a role.", param=where)
     role = message.get("role")
-    if role not in CHAT_ROLES:
+    if not isinstance(role, str) or role not in CHAT_ROLES:
         raise InvalidRequest(
             f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}; got {role!r}.",
             param=f"{where}.role",
@@ -123,7 +134,7 @@ def _check_logit_bias(bias: Any) -> None:
     if not isinstance(bias, dict):
         raise InvalidRequest("'logit_bias' must map token ids to numbers.", param="logit_bias")
     for token, value in bias.items():
-        if not str(token).lstrip("-").isdigit() or int(token) < 0:
+        if not (isinstance(token, str) and token.isascii() and token.isdigit()):
             raise InvalidRequest(
                 f"'logit_bias' keys must be token ids; got {token!r}.", param="logit_bias"
             )

@@ -69,10 +69,12 @@ class Stack:
     fleets: dict[str, SimFleet]
     base_url: str = ""
     _runner: web.AppRunner | None = None
-    sims: list[SimFleet] = field(default_factory=list)
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key="test", max_retries=0, **kwargs)
+        client = openai.OpenAI(base_url=self.base_url, api_key="test", max_retries=0, **kwargs)
+        self.clients.append(client)  # closed when the stack stops: no stray sockets
+        return client
 
     def aclient(self, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key="test", max_retries=0, **kwargs)
@@ -131,6 +133,9 @@ def start_stack(
 
 
 def stop_stack(stack: Stack) -> None:
+    for client in stack.clients:
+        client.close()
+
     async def stop() -> None:
         if stack._runner is not None:
             await stack._runner.cleanup()

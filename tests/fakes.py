@@ -26,6 +26,7 @@ class FakeUpstream:
     """Answers each POST per ``mode``: ``echo`` (a chat.completion), ``hang``, ``status``."""
 
     mode: str = "echo"
+    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed"
     status: int = 500
     error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
     model: str = "upstream-model"
@@ -61,9 +62,9 @@ class FakeUpstream:
         if self.mode == "hang":
             await self.release.wait()
         if self.mode == "status":
-            return web.Response(
-                body=self.error_body, status=self.status, content_type="application/json"
-            )
+            return await self._error(request)
+        if request.path.endswith("/responses"):
+            return await self._responses(request, body)
         if body.get("stream"):
             return await self._stream(request)
         return web.json_response(
@@ -88,9 +89,51 @@ class FakeUpstream:
             }
         )
 
+    async def _error(self, request: web.Request) -> web.StreamResponse:
+        # The error body arrives in two writes: the router must read it whole.
+        response = web.StreamResponse(
+            status=self.status, headers={"Content-Type": "application/json"}
+        )
+        await response.prepare(request)
+        half = len(self.error_body) // 2
+        await response.write(self.error_body[:half])
+        await response.write(self.error_body[half:])
+        return response
+
+    async def _responses(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A Responses API backend: one Response object, or its typed events (no [DONE])."""
+        from router.responses import chat_to_response
+
+        chat = {
+            "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+        done = chat_to_response(chat, request=body, response_id="resp_upstream", created_at=1)
+        done["model"] = self.model
+        if not body.get("stream"):
+            return web.json_response(done)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "sequence_number": 0, "response": {**done, "output": []}},
+            {"type": "response.completed", "sequence_number": 1, "response": done},
+        ]
+        for event in events:
+            await response.write(
+                b"event: "
+                + str(event["type"]).encode()
+                + b"\ndata: "
+                + orjson.dumps(event)
+                + b"\n\n"
+            )
+        return response
+
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if self.stream_style == "malformed":
+            await response.write(b'data: "not a chunk"\n\n')
+            return response
         for text in ("o", "k"):
             chunk = {
                 "id": "chatcmpl-fake",
@@ -103,5 +146,10 @@ class FakeUpstream:
             data = b"data: " + orjson.dumps(chunk) + b"\n\n"
             await response.write(data[:10])
             await response.write(data[10:])
-        await response.write(b"data: [DONE]\n\n")
+        if self.stream_style == "truncated":
+            await response.write(b'data: {"id":"chatcmpl-fake","object":"chat.comp')
+        elif self.stream_style == "nospace_done":
+            await response.write(b"data:[DONE]\n\n")
+        else:
+            await response.write(b"data: [DONE]\n\n")
         return response

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -59,10 +60,10 @@ def test_serve_runs_the_embedded_default() -> None:
         base_url = f"http://127.0.0.1:{port}/v1"
         assert any(base_url in line for line in out)
         assert any("OpenAI(base_url=" in line for line in out)
-        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(
-            model="any", messages=[{"role": "user", "content": "hi"}], max_tokens=3
-        )
+        with openai.OpenAI(base_url=base_url, api_key="none", max_retries=0) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="any", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+            )
         assert raw.headers["X-DI-Backend"] == "sim-text"
         assert raw.parse().model == "any"
 
@@ -71,8 +72,9 @@ def test_sim_serves_replicas_on_consecutive_ports() -> None:
     port = free_port()
     args = ["sim", "--port", str(port), "--replicas", "1", "--ttft-ms", "0", "--itl-ms", "0"]
     with running(*args, ready="sim-0"):
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["sim-model"]
+        base_url = f"http://127.0.0.1:{port}/v1"
+        with openai.OpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+            assert [m.id for m in client.models.list()] == ["sim-model"]
 
 
 def test_check_config_prints_the_routing_table(
@@ -107,3 +109,25 @@ def test_serve_with_a_bad_config_exits_1(
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def test_serve_embedded_with_an_unreachable_redis_still_answers() -> None:
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    args = ["serve", "--port", str(port), "--redis-url", redis_url, "--log-level", "warning"]
+    with (
+        running(*args, ready="OpenAI(base_url="),
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0
+        ) as client,
+    ):
+        marked: Any = [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}],
+            },
+            {"role": "user", "content": "hi"},
+        ]
+        raw = client.chat.completions.with_raw_response.create(model="any", messages=marked)
+        assert raw.headers["X-DI-Cache"] == "bypass"
+        assert raw.parse().choices[0].message.content

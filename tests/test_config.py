@@ -98,3 +98,8 @@ def test_embedded_default_routes_each_type_to_its_own_simulator() -> None:
     assert {t: b.name for t, b in config.routing_table().items()} == {
         t: f"sim-{t}" for t in ("text", "code", "json", "vision")
     }
+
+
+def test_cli_overrides_fill_an_empty_section(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "\nserver:\n"), server={"port": 9999})
+    assert config.server.port == 9999

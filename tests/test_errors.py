@@ -52,6 +52,21 @@ def assert_envelope(body: Any, param: str | None = None) -> None:
         (b'{"model": "m", "messages": [{"content": "hi"}]}', "messages[0].role"),
         (b'{"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
         (b'{"model": "m", "messages": [{"role": "user"}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": [], "content": "x"}]}', "messages[0].role"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", '
+            b'"text": "x", "cache_control": {"type": "ephemeral"}}]}], "tools": 5}',
+            "tools",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
+            b'"logit_bias": {"\xc2\xb2": 1}}',
+            "logit_bias",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": "s"}',
+            "metadata",
+        ),
         (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
         (
             b'{"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}',
@@ -176,7 +191,6 @@ def test_upstream_timeout_is_504(make_stack: Any, fake_upstream: Fake) -> None:
     ("status", "exception"),
     [
         (400, openai.BadRequestError),
-        (401, openai.AuthenticationError),
         (404, openai.NotFoundError),
         (422, openai.UnprocessableEntityError),
         (429, openai.RateLimitError),
@@ -196,6 +210,20 @@ def test_upstream_status_passes_through(
     assert caught.value.status_code == status
     assert caught.value.message.endswith(f"sim says {status}")
     assert "127.0.0.1" not in str(caught.value.body)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_upstream_refusing_the_routers_key_is_502(stack: Stack, status: int) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        stack.client().chat.completions.create(
+            model="m",
+            messages=user(),
+            extra_body={"sim_fault": {"status": status, "message": "bad key sk-...abcd"}},
+        )
+    # Not the client's AuthenticationError: its key was fine, the router's upstream key was not.
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
+    assert "abcd" not in caught.value.message
 
 
 def test_upstream_error_without_json_body(make_stack: Any, fake_upstream: Fake) -> None:
@@ -248,8 +276,8 @@ def test_api_keys_are_enforced_and_never_logged(
     live = make_stack(edit=with_keys)
     with pytest.raises(openai.AuthenticationError):
         live.client().chat.completions.create(model="m", messages=user())
-    keyed = openai.OpenAI(base_url=live.base_url, api_key="sk-router-secret", max_retries=0)
-    assert keyed.chat.completions.create(model="m", messages=user()).choices
+    with openai.OpenAI(base_url=live.base_url, api_key="sk-router-secret", max_retries=0) as keyed:
+        assert keyed.chat.completions.create(model="m", messages=user()).choices
     assert "sk-router-secret" not in caplog.text
     assert "sk-router-secret" not in repr(live.app)
 
@@ -259,3 +287,12 @@ def test_error_classes_know_their_status() -> None:
     assert UpstreamError("x").http_status == 502
     assert UpstreamTimeout("x").http_status == 504
     assert UpstreamError("x", upstream_status=429).http_status == 429
+
+
+async def test_odd_digits_in_a_page_limit_are_400(stack: Stack) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(stack.base_url + "/chat/completions", params={"limit": "²"}) as response,
+    ):
+        assert response.status == 400
+        assert_envelope(await response.json(), "limit")

@@ -286,3 +286,31 @@ async def test_concurrent_first_requests_converge_with_redis(
     assert len({raw.headers["X-DI-Replica"] for raw in raws}) == 1
     assert sorted(raw.headers["X-DI-Cache"] for raw in raws).count("hit") == 19
     await client.close()
+
+
+def test_prefix_known_locally_is_written_back_after_redis_loses_it(
+    make_stack: Any, redis_server: RedisServer
+) -> None:
+    live = redis_stack(make_stack, redis_server)
+    client = live.client()
+    client.chat.completions.create(model="m", messages=cached_messages("a", salt="lost"))
+    live.run(flush(live))
+
+    async def keys() -> list[Any]:
+        admin = Redis.from_url(redis_server.url)
+        try:
+            found: list[Any] = await admin.keys("di:px:*")
+            if not found:
+                return found
+            await admin.flushall()
+            return found
+        finally:
+            await admin.aclose()
+
+    assert live.run(keys())  # recorded, then wiped (as a Redis restart would)
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=cached_messages("b", salt="lost")
+    )
+    assert raw.headers["X-DI-Cache"] == "hit"  # this process still knows
+    live.run(flush(live))
+    assert live.run(keys())  # and put it back for the other routers

@@ -156,3 +156,4 @@ def test_chat_tools_vision_and_schema_clients(stack: Stack) -> None:
         response_format=schema,
     )
     assert resp.choices[0].message.content
+    client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -72,32 +73,55 @@ async def relay_json(
     return response, data
 
 
+def chat_stream_end(event: bytes) -> bool:
+    """Chat and legacy completion streams end with ``data: [DONE]``."""
+    return event.startswith((b"data: [DONE]", b"data:[DONE]"))
+
+
+_RESPONSE_END = re.compile(rb'response\.(?:completed|failed|incomplete)"?\s*(?:$|\n|,)')
+
+
+def responses_stream_end(event: bytes) -> bool:
+    """Responses API streams end with a terminal typed event and no ``[DONE]``."""
+    return _RESPONSE_END.search(event, 0, 256) is not None or chat_stream_end(event)
+
+
+async def open_stream(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+    """Send the SSE headers; from here on errors must travel inside the stream."""
+    response = web.StreamResponse(headers={**ctx.headers, **SSE_HEADERS})
+    await response.prepare(request)
+    ctx.stream = response
+    return response
+
+
 async def relay_sse(
     request: web.Request,
     routed: Routed,
     ctx: RequestContext,
     client_model: str,
     on_event: Callable[[bytes], None] | None = None,
+    *,
+    ends: Callable[[bytes], bool] = chat_stream_end,
 ) -> web.StreamResponse:
     """Stream the upstream's SSE events through as they come, each with the client's model id.
 
-    A stream that breaks or ends without ``[DONE]`` is closed with an OpenAI-shaped error event
-    and ``[DONE]``, so the client sees a failure rather than a silently short answer. A client
-    that goes away ends the relay; the caller's context closes the upstream connection.
+    A stream that breaks or ends before its final event (``ends``) is closed with an
+    OpenAI-shaped error event and ``[DONE]``, so the client sees a failure rather than a
+    silently short answer. A client that goes away ends the relay; the caller's context closes
+    the upstream connection. ``on_event`` sees each data event (to keep a copy of the answer).
     """
-    response = web.StreamResponse(headers={**ctx.headers, **SSE_HEADERS})
-    await response.prepare(request)
+    response = await open_stream(request, ctx)
     field = model_field(client_model)
     done = failed = False
     try:
         async for events in iter_sse_events(routed.response):
             out = []
             for event in events:
-                if event.startswith(DONE):
+                if ends(event):
                     done = True
                 elif event.startswith((b'data: {"error"', b'data:{"error"')):
                     failed = True
-                elif on_event is not None:
+                if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
             await response.write(b"\n\n".join(out) + b"\n\n")
@@ -106,20 +130,21 @@ async def relay_sse(
         return response
     except (aiohttp.ClientError, TimeoutError) as exc:
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        await _write_tail(response, ctx, message, "upstream_error")
+        await write_error_tail(response, ctx, message, "upstream_error")
         return response
     if not done:
         if failed:
-            await _write_tail(response, ctx, None, None)
+            await write_error_tail(response, ctx, None, None)
         else:
             message = f"The {where(routed)} ended the stream early."
-            await _write_tail(response, ctx, message, "upstream_error")
+            await write_error_tail(response, ctx, message, "upstream_error")
     return response
 
 
-async def _write_tail(
+async def write_error_tail(
     response: web.StreamResponse, ctx: RequestContext, message: str | None, code: str | None
 ) -> None:
+    """End a started stream with an OpenAI error event (when ``message``) and ``[DONE]``."""
     tail = b""
     if message is not None:
         log.warning("request %s: %s", ctx.request_id, message)

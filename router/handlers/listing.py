@@ -25,7 +25,7 @@ async def guarded(call: Awaitable[T]) -> T:
 def page_limit(raw: str | None) -> int:
     if raw is None:
         return 20
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise InvalidRequest("'limit' must be an integer from 1 to 100.", param="limit")
     return int(raw)
 

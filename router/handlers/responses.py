@@ -21,7 +21,15 @@ from aiohttp import web
 from router.context import RequestContext
 from router.dispatch import Plan, Routed
 from router.errors import InvalidRequest, NotFound
-from router.handlers.common import SSE_HEADERS, context, read_json, relay_json, relay_sse, where
+from router.handlers.common import (
+    context,
+    open_stream,
+    read_json,
+    relay_json,
+    relay_sse,
+    responses_stream_end,
+    where,
+)
 from router.handlers.listing import guarded, list_response, newest_first, page_limit
 from router.keys import DISPATCHER, OBJECTS
 from router.objects import ObjectStore
@@ -62,7 +70,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         payload = _passthrough_payload(body, plan)
         async with dispatcher.dispatch(ctx, plan, "/responses", payload) as routed:
             if stream:
-                return await relay_sse(request, routed, ctx, body["model"])
+                final = FinalResponse()
+                reply = await relay_sse(
+                    request, routed, ctx, body["model"], final.feed, ends=responses_stream_end
+                )
+                if final.response is not None:
+                    await _save(objects, ctx, body, chat, final.response)
+                return reply
             answer, data = await relay_json(routed, ctx, body["model"])
         await _save(objects, ctx, body, chat, orjson.loads(data))
         return answer
@@ -148,14 +162,39 @@ async def _history(objects: ObjectStore, previous: Any) -> list[dict[str, Any]] 
     return history
 
 
+class FinalResponse:
+    """Keeps the Response object of a passed-through stream's terminal event, for storage."""
+
+    def __init__(self) -> None:
+        self.response: dict[str, Any] | None = None
+
+    def feed(self, event: bytes) -> None:
+        if not responses_stream_end(event):
+            return
+        data = event.rpartition(b"data:")[2]
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(parsed, dict) and isinstance(parsed.get("response"), dict):
+            self.response = parsed["response"]
+
+
 def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
+    """The client's Responses body for a ``responses`` backend, changed as a chat body would be."""
     backend = plan.backend
     out = body
     if backend.model:
         out = {**out, "model": backend.model}
-    if plan.marked and not backend.forward_cache_control and isinstance(out.get("input"), list):
-        # The input list has the shape of chat messages where markers can sit.
-        out = {**out, "input": strip_cache_control({"messages": out["input"]})["messages"]}
+    if plan.marked and not backend.forward_cache_control:
+        # Input items have the shape of chat messages: markers sit where they would in chat.
+        items = out.get("input")
+        out = strip_cache_control({**out, "messages": items if isinstance(items, list) else []})
+        if isinstance(items, list):
+            out["input"] = out["messages"]
+        del out["messages"]
+    if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
+        out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
     return orjson.dumps(out)
 
 
@@ -163,8 +202,7 @@ async def _stream_events(
     request: web.Request, routed: Routed, ctx: RequestContext, events: ChatToResponseEvents
 ) -> web.StreamResponse:
     """Relay a chat stream as typed Responses events; failures end in ``response.failed``."""
-    reply = web.StreamResponse(headers={**ctx.headers, **SSE_HEADERS})
-    await reply.prepare(request)
+    reply = await open_stream(request, ctx)
     try:
         await reply.write(b"".join(events.start()))
         done = False
@@ -192,7 +230,8 @@ async def _stream_events(
             await reply.write(b"".join(events.fail(f"The {where(routed)} ended the stream early.")))
     except ConnectionResetError:
         log.info("request %s: client went away mid-stream", ctx.request_id)
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
+        # A broken transport, or chunks that are not the chat stream they claim to be.
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         log.warning("request %s: %s", ctx.request_id, message)
         with contextlib.suppress(ConnectionResetError):

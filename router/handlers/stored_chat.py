@@ -55,12 +55,16 @@ class StreamAssembler:
             chunk = orjson.loads(event[5:])
         except orjson.JSONDecodeError:
             return
+        if not isinstance(chunk, dict) or "error" in chunk:
+            return
         if not self.head:
             self.head = {k: chunk.get(k) for k in ("id", "created", "model")}
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            self._merge(choice)
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict):
+                self._merge(choice)
 
     def _merge(self, choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)
