@@ -111,14 +111,34 @@ class Dispatcher:
         choice = self._balancer.pick(plan.pool, warm=hit.replica if hit else None, tie_key=tie_key)
         if choice.affinity:
             cache = "hit"
+        # A hit on the longest prefix is refreshed by the lookup itself; anything else is new.
+        if not (choice.affinity and hit is not None and hit.index == len(plan.breakpoints) - 1):
+            self._remember(plan, choice.replica, cache)
+        routed = await self._send(ctx, plan, choice.replica, cache, path, payload, tie_key)
+        try:
+            yield routed
+        finally:
+            routed.replica.in_flight -= 1
+            routed.response.close()
+
+    def _remember(self, plan: Plan, replica: Replica, cache: str) -> None:
         # Recorded at dispatch, not on completion, so a burst of first requests for one new
         # prefix converges on this replica instead of scattering.
         if cache != "bypass" and self._affinity and plan.breakpoints:
-            fresh = not (choice.affinity and hit and hit.index == len(plan.breakpoints) - 1)
-            if fresh:
-                self._store.record(plan.breakpoints, choice.replica.id)
+            self._store.record(plan.breakpoints, replica.id)
+
+    async def _send(
+        self,
+        ctx: RequestContext,
+        plan: Plan,
+        replica: Replica,
+        cache: str,
+        path: str,
+        payload: bytes,
+        tie_key: str | None,
+    ) -> Routed:
+        """Send to ``replica``; one that cannot be connected to is rested and another tried."""
         tried: list[Replica] = []
-        replica = choice.replica
         while True:
             ctx.headers["X-DI-Replica"] = replica.id
             ctx.headers["X-DI-Cache"] = cache
@@ -133,9 +153,8 @@ class Dispatcher:
                 replica.in_flight -= 1
                 self._balancer.mark_failed(replica)
                 tried.append(replica)
-                if len(tried) > self._config.routing.retries or len(tried) >= len(
-                    plan.pool.replicas
-                ):
+                retries = self._config.routing.retries
+                if len(tried) > retries or len(tried) >= len(plan.pool.replicas):
                     raise
                 log.warning(
                     "request %s: replica %s unreachable, retrying elsewhere",
@@ -143,23 +162,17 @@ class Dispatcher:
                     replica.id,
                 )
                 replica = self._balancer.pick(plan.pool, tie_key=tie_key, exclude=tried).replica
-                if cache != "bypass" and self._affinity and plan.breakpoints:
-                    self._store.record(plan.breakpoints, replica.id)
+                self._remember(plan, replica, cache)
                 cache = "miss" if cache == "hit" else cache
                 continue
             except BaseException:
                 replica.in_flight -= 1
                 raise
-            break
-        if replica.down_until:
-            self._balancer.mark_ok(replica)
-        ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-        ctx.headers["Server-Timing"] = ctx.server_timing()
-        try:
-            yield Routed(response, replica, cache)
-        finally:
-            replica.in_flight -= 1
-            response.close()
+            if replica.down_until:
+                self._balancer.mark_ok(replica)
+            ctx.upstream_ms = (time.perf_counter() - sent) * 1000
+            ctx.headers["Server-Timing"] = ctx.server_timing()
+            return Routed(response, replica, cache)
 
     async def _lookup(self, plan: Plan) -> tuple[PrefixHit | None, str]:
         if not plan.breakpoints:
