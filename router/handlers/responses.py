@@ -20,7 +20,7 @@ from aiohttp import web
 
 from router.context import RequestContext
 from router.dispatch import Plan, Routed
-from router.errors import InvalidRequest, NotFound
+from router.errors import InvalidRequest, NotFound, UpstreamError
 from router.handlers.common import (
     context,
     open_stream,
@@ -61,28 +61,52 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     objects = request.app[OBJECTS]
     history = await _history(objects, body.get("previous_response_id"))
     chat = _to_chat(body, history)
+    plan = request.app[DISPATCHER].plan(chat, ctx)
+    if plan.backend.api == "responses":
+        return await _via_responses_backend(request, ctx, body, chat, plan)
+    return await _via_chat_backend(request, ctx, body, chat, plan)
+
+
+async def _via_responses_backend(
+    request: web.Request,
+    ctx: RequestContext,
+    body: dict[str, Any],
+    chat: dict[str, Any],
+    plan: Plan,
+) -> web.StreamResponse:
+    """The backend speaks the Responses API itself: pass the body through, keep a copy."""
+    objects = request.app[OBJECTS]
+    payload = _passthrough_payload(body, plan)
+    async with request.app[DISPATCHER].dispatch(ctx, plan, "/responses", payload) as routed:
+        if body.get("stream"):
+            final = FinalResponse()
+            reply = await relay_sse(
+                request, routed, ctx, body["model"], final.feed, ends=responses_stream_end
+            )
+            if final.response is not None:
+                await _save(objects, ctx, body, chat, final.response)
+            return reply
+        answer, data = await relay_json(routed, ctx, body["model"])
+    with contextlib.suppress(orjson.JSONDecodeError):
+        await _save(objects, ctx, body, chat, orjson.loads(data))
+    return answer
+
+
+async def _via_chat_backend(
+    request: web.Request,
+    ctx: RequestContext,
+    body: dict[str, Any],
+    chat: dict[str, Any],
+    plan: Plan,
+) -> web.StreamResponse:
+    """The backend speaks Chat Completions: send the translation, translate the answer back."""
+    objects = request.app[OBJECTS]
     dispatcher = request.app[DISPATCHER]
-    plan = dispatcher.plan(chat, ctx)
     response_id = f"resp_{uuid.uuid4().hex}"
     created_at = int(time.time())
-    stream = bool(body.get("stream"))
-    if plan.backend.api == "responses":
-        payload = _passthrough_payload(body, plan)
-        async with dispatcher.dispatch(ctx, plan, "/responses", payload) as routed:
-            if stream:
-                final = FinalResponse()
-                reply = await relay_sse(
-                    request, routed, ctx, body["model"], final.feed, ends=responses_stream_end
-                )
-                if final.response is not None:
-                    await _save(objects, ctx, body, chat, final.response)
-                return reply
-            answer, data = await relay_json(routed, ctx, body["model"])
-        await _save(objects, ctx, body, chat, orjson.loads(data))
-        return answer
     payload = dispatcher.payload(chat, None, plan)
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
-        if stream:
+        if body.get("stream"):
             events = ChatToResponseEvents(
                 request=body, response_id=response_id, created_at=created_at
             )
@@ -90,9 +114,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             await _save(objects, ctx, body, chat, events.response)
             return reply
         data = await read_body(routed.response, where(routed))
-    result = chat_to_response(
-        orjson.loads(data), request=body, response_id=response_id, created_at=created_at
-    )
+        try:
+            result = chat_to_response(
+                orjson.loads(data), request=body, response_id=response_id, created_at=created_at
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UpstreamError(
+                f"The {where(routed)} answered with something that is not a chat completion."
+            ) from None
     await _save(objects, ctx, body, chat, result)
     return web.json_response(result, headers=ctx.headers, dumps=_dumps)
 
