@@ -124,11 +124,10 @@ async def relay_sse(
                 if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
-            await response.write(b"\n\n".join(out) + b"\n\n")
-    except ConnectionResetError:
-        log.info("request %s: client went away mid-stream", ctx.request_id)
-        return response
+            if not await write_or_gone(response, b"\n\n".join(out) + b"\n\n", ctx):
+                return response
     except (aiohttp.ClientError, TimeoutError) as exc:
+        # Only the upstream side raises here: writes to the client are guarded apart.
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         await write_error_tail(response, ctx, message, "upstream_error")
         return response
@@ -141,6 +140,16 @@ async def relay_sse(
     return response
 
 
+async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestContext) -> bool:
+    """Write to the client; False when it has gone away (the caller stops relaying)."""
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        log.info("request %s: client went away mid-stream", ctx.request_id)
+        return False
+    return True
+
+
 async def write_error_tail(
     response: web.StreamResponse, ctx: RequestContext, message: str | None, code: str | None
 ) -> None:
@@ -150,7 +159,4 @@ async def write_error_tail(
         log.warning("request %s: %s", ctx.request_id, message)
         error = UpstreamError(message, code=code)
         tail = b"data: " + error.body() + b"\n\n"
-    try:
-        await response.write(tail + DONE + b"\n\n")
-    except ConnectionResetError:
-        return
+    await write_or_gone(response, tail + DONE + b"\n\n", ctx)

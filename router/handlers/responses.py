@@ -29,6 +29,7 @@ from router.handlers.common import (
     relay_sse,
     responses_stream_end,
     where,
+    write_or_gone,
 )
 from router.handlers.listing import guarded, list_response, newest_first, page_limit
 from router.keys import DISPATCHER, OBJECTS
@@ -232,40 +233,49 @@ async def _stream_events(
 ) -> web.StreamResponse:
     """Relay a chat stream as typed Responses events; failures end in ``response.failed``."""
     reply = await open_stream(request, ctx)
+    if not await write_or_gone(reply, b"".join(events.start()), ctx):
+        return reply
     try:
-        await reply.write(b"".join(events.start()))
-        done = False
-        async for batch in iter_sse_events(routed.response):
-            frames: list[bytes] = []
-            for event in batch:
-                if not event.startswith(b"data:"):
-                    continue
-                data = event[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    continue
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                    frames += events.fail(str(error.get("message", "upstream error")))
-                    await reply.write(b"".join(frames))
-                    return reply
-                frames += events.feed(chunk)
-            if frames:
-                await reply.write(b"".join(frames))
-        if done:
-            await reply.write(b"".join(events.finish()))
-        else:
-            await reply.write(b"".join(events.fail(f"The {where(routed)} ended the stream early.")))
-    except ConnectionResetError:
-        log.info("request %s: client went away mid-stream", ctx.request_id)
+        closing = await _relay_events(reply, routed, ctx, events)
     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
         # A broken transport, or chunks that are not the chat stream they claim to be.
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         log.warning("request %s: %s", ctx.request_id, message)
-        with contextlib.suppress(ConnectionResetError):
-            await reply.write(b"".join(events.fail(message)))
+        closing = events.fail(message)
+    if closing:
+        await write_or_gone(reply, b"".join(closing), ctx)
     return reply
+
+
+async def _relay_events(
+    reply: web.StreamResponse, routed: Routed, ctx: RequestContext, events: ChatToResponseEvents
+) -> list[bytes]:
+    """Translate chunks as they come; returns the closing frames still to write."""
+    closing: list[bytes] | None = None
+    async for batch in iter_sse_events(routed.response):
+        if closing is not None:
+            continue  # read to the end, so the upstream connection can be reused
+        frames: list[bytes] = []
+        for event in batch:
+            data = event[5:].strip() if event.startswith(b"data:") else None
+            if data is None:
+                continue
+            if data == b"[DONE]":
+                closing = events.finish()
+                break
+            chunk = orjson.loads(data)
+            if "error" in chunk:
+                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                closing = events.fail(str(error.get("message", "upstream error")))
+                break
+            frames += events.feed(chunk)
+        if closing is not None:
+            frames, closing = frames + closing, []
+        if frames and not await write_or_gone(reply, b"".join(frames), ctx):
+            return []
+    if closing is None:
+        return events.fail(f"The {where(routed)} ended the stream early.")
+    return closing
 
 
 async def _save(
