@@ -296,3 +296,16 @@ async def test_odd_digits_in_a_page_limit_are_400(stack: Stack) -> None:
     ):
         assert response.status == 400
         assert_envelope(await response.json(), "limit")
+
+
+async def test_ready_is_503_when_a_routed_pool_has_no_live_replica(make_stack: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    live = make_stack(edit=lambda c: with_replicas(c, "sim-vision", [dead]))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(live.base_url.removesuffix("/v1") + "/ready") as response,
+    ):
+        body = await response.json()
+    assert response.status == 503
+    assert body["backends"]["sim-vision"] == {"sim-vision-f0": False}
+    assert all(body["backends"]["sim-text"].values())
