@@ -22,6 +22,9 @@ from router.config import UpstreamPoolConfig
 from router.errors import UpstreamError, UpstreamTimeout
 
 _MAX_ERROR_BODY = 64 << 10
+_MAX_EVENT = 16 << 20  # one SSE event larger than this is a broken upstream, not an answer
+# Upstream headers a client needs to act on an error (the SDK honours Retry-After on 429).
+_ERROR_HEADERS = ("Retry-After", "retry-after-ms")
 # The top-level "model" key of a JSON object; an escaped key inside a string cannot match.
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
@@ -117,6 +120,8 @@ async def iter_sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[lis
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         if b"\n\n" not in buffer:
+            if len(buffer) > _MAX_EVENT:
+                raise aiohttp.ClientPayloadError("an SSE event exceeded 16 MiB")
             continue
         *events, buffer = buffer.split(b"\n\n")
         yield [e for e in events if e]
@@ -153,13 +158,15 @@ async def _status_error(response: aiohttp.ClientResponse, where: str) -> Upstrea
         )
     if not message:
         message = f"The {where} answered HTTP {response.status}."
-    return UpstreamError(
+    error = UpstreamError(
         message,
         upstream_status=response.status,
         error_type=error_type,
         param=param,
         code=code,
     )
+    error.headers = {h: response.headers[h] for h in _ERROR_HEADERS if h in response.headers}
+    return error
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:

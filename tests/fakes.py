@@ -30,6 +30,7 @@ class FakeUpstream:
     status: int = 500
     error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
     model: str = "upstream-model"
+    error_headers: dict[str, str] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     runner: web.AppRunner | None = None
@@ -92,7 +93,7 @@ class FakeUpstream:
     async def _error(self, request: web.Request) -> web.StreamResponse:
         # The error body arrives in two writes: the router must read it whole.
         response = web.StreamResponse(
-            status=self.status, headers={"Content-Type": "application/json"}
+            status=self.status, headers={"Content-Type": "application/json", **self.error_headers}
         )
         await response.prepare(request)
         half = len(self.error_body) // 2

@@ -121,3 +121,16 @@ def test_upstream_error_body_in_two_reads_keeps_its_message(
         )
     assert caught.value.body["param"] == "temperature"  # type: ignore[index]
     assert caught.value.body["code"] == "bad_temp"  # type: ignore[index]
+
+
+def test_upstream_retry_after_reaches_the_client(make_stack: Any, fake_upstream: Fake) -> None:
+    fake_upstream.upstream.mode = "status"
+    fake_upstream.upstream.status = 429
+    fake_upstream.upstream.error_body = b'{"error": {"message": "slow down", "type": "x"}}'
+    fake_upstream.upstream.error_headers = {"Retry-After": "7"}
+    with pytest.raises(openai.RateLimitError) as caught:
+        on_fake(make_stack, fake_upstream).client().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert caught.value.message.endswith("slow down")
