@@ -160,6 +160,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             _authorize(request)
             response = await handler(request)
     except RouterError as exc:
+        if ctx.stream is not None:
+            return await _fail_in_stream(request, ctx, exc.message)
         response = _error_response(exc, ctx)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -171,11 +173,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
         if ctx.stream is not None:
-            # Headers are out: the failure can only travel inside the stream.
             message = f"The router failed mid-stream (request id {ctx.request_id})."
-            await write_error_tail(ctx.stream, ctx, message, "internal_error")
-            _account(request, ctx, ctx.stream)
-            return ctx.stream
+            return await _fail_in_stream(request, ctx, message)
         response = web.json_response(
             error_envelope(
                 f"The router failed on this request (request id {ctx.request_id}).",
@@ -187,6 +186,16 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers.update(ctx.headers)
     _account(request, ctx, response)
     return response
+
+
+async def _fail_in_stream(
+    request: web.Request, ctx: RequestContext, message: str
+) -> web.StreamResponse:
+    """Headers are out: the failure can only travel inside the stream."""
+    assert ctx.stream is not None
+    await write_error_tail(ctx.stream, ctx, message, "internal_error")
+    _account(request, ctx, ctx.stream)
+    return ctx.stream
 
 
 def _authorize(request: web.Request) -> None:
