@@ -12,7 +12,6 @@ from typing import Any
 from router.errors import InvalidRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_PART_FIELDS = {"text": "text", "image_url": "image_url", "input_audio": "input_audio"}
 
 
 def check_chat(body: dict[str, Any]) -> None:

@@ -62,14 +62,12 @@ def where(routed: Routed) -> str:
 
 
 async def relay_json(
-    routed: Routed, ctx: RequestContext, client_model: str, *, status: int = 200
+    routed: Routed, ctx: RequestContext, client_model: str
 ) -> tuple[web.Response, bytes]:
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
     data = await read_body(routed.response, where(routed))
     data = rewrite_model(data, model_field(client_model))
-    response = web.Response(
-        body=data, status=status, content_type="application/json", headers=ctx.headers
-    )
+    response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
     return response, data
 
 
