@@ -250,13 +250,12 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
 def _account(request: web.Request, ctx: RequestContext, response: web.StreamResponse) -> None:
     resource = request.match_info.route.resource
     endpoint = resource.canonical if resource is not None else "unmatched"
-    headers = ctx.headers
     labels = (
         endpoint,
-        headers.get("X-DI-Request-Type", ""),
-        headers.get("X-DI-Backend", ""),
-        headers.get("X-DI-Replica", ""),
-        headers.get("X-DI-Cache", ""),
+        ctx.request_type or "",
+        ctx.backend or "",
+        ctx.replica or "",
+        ctx.cache or "",
         str(response.status),
     )
     request.app[METRICS].observe(labels, ctx.router_ms, ctx.upstream_ms)

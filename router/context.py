@@ -1,4 +1,9 @@
-"""What the router learns about one request as it passes through, and the headers that say so."""
+"""What the router learns about one request as it passes through, and the headers that say so.
+
+Everything is kept in typed fields as it is learned; the response headers are derived from
+them in one place (``response_headers``), so metrics, logs and traces read the same fields
+instead of parsing a header dict back.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +25,40 @@ EXPOSED_HEADERS = (
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    # Response headers known so far; every response of this request carries them, errors too.
-    headers: dict[str, str]
+    base_headers: dict[str, str]  # CORS, built once per app
     started: float = field(default_factory=time.perf_counter)
+    request_type: str | None = None  # classify's verdict
+    backend: str | None = None  # the pool that serves (or was meant to serve) the request
+    replica: str | None = None  # the replica id the request was sent to
+    cache: str | None = None  # hit | miss | none | bypass
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    # Headers a component adds that no other one reads (e.g. rate-limit figures).
+    extra_headers: dict[str, str] = field(default_factory=dict)
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
 
     @classmethod
     def start(cls, request_id: str, base_headers: dict[str, str]) -> RequestContext:
         """A context whose headers begin with ``base_headers`` (CORS) and the request id."""
-        return cls(request_id, {**base_headers, "X-Request-Id": request_id})
+        return cls(request_id, base_headers)
 
     def server_timing(self) -> str:
         return f"router;dur={self.router_ms:.2f}, upstream;dur={self.upstream_ms:.2f}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The response headers for what is known so far (errors carry them too)."""
+        headers = {**self.base_headers, "X-Request-Id": self.request_id}
+        if self.request_type is not None:
+            headers["X-DI-Request-Type"] = self.request_type
+        if self.backend is not None:
+            headers["X-DI-Backend"] = self.backend
+        if self.replica is not None:
+            headers["X-DI-Replica"] = self.replica
+        if self.cache is not None:
+            headers["X-DI-Cache"] = self.cache
+        if self.upstream_ms:
+            headers["Server-Timing"] = self.server_timing()
+        if self.extra_headers:
+            headers.update(self.extra_headers)
+        return headers

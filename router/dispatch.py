@@ -75,10 +75,10 @@ class Dispatcher:
         walk: without the key's bytes anywhere there can be no marker.
         """
         request_type = classify(chat_body)
-        ctx.headers["X-DI-Request-Type"] = request_type.value
+        ctx.request_type = request_type.value
         pool = self._routes[request_type]
         backend = pool.backend
-        ctx.headers["X-DI-Backend"] = backend.name
+        ctx.backend = backend.name
         if raw is not None and b'"cache_control"' not in raw:
             return Plan(request_type, pool, [], marked=False)
         namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
@@ -140,8 +140,8 @@ class Dispatcher:
         """Send to ``replica``; one that cannot be connected to is rested and another tried."""
         tried: list[Replica] = []
         while True:
-            ctx.headers["X-DI-Replica"] = replica.id
-            ctx.headers["X-DI-Cache"] = cache
+            ctx.replica = replica.id
+            ctx.cache = cache
             replica.in_flight += 1
             sent = time.perf_counter()
             ctx.router_ms = (sent - ctx.started) * 1000
@@ -171,7 +171,6 @@ class Dispatcher:
             if replica.down_until:
                 self._balancer.mark_ok(replica)
             ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-            ctx.headers["Server-Timing"] = ctx.server_timing()
             return Routed(response, replica, cache)
 
     async def _lookup(self, plan: Plan) -> tuple[PrefixHit | None, str]:
