@@ -7,7 +7,6 @@ in ``cleanup_ctx`` generators when the application starts and closed when it sto
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -15,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from router.balancer import Balancer
 from router.config import RouterConfig
@@ -25,9 +25,9 @@ from router.errors import (
     NotFound,
     PayloadTooLarge,
     RouterError,
-    Unauthorized,
     error_envelope,
 )
+from router.governance import base_headers, tenancy_ctx, tenancy_middleware
 from router.handlers import chat, completions, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
 from router.keys import (
@@ -49,7 +49,6 @@ from router.upstream import new_session
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
@@ -58,7 +57,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_size,
-        middlewares=[request_middleware],
+        middlewares=[request_middleware, tenancy_middleware],
         handler_args={"max_field_size": 32 << 10},
     )
     app[CONFIG] = config
@@ -72,7 +71,7 @@ def create_app(
         app[STORE] = store
     if objects is not None:
         app[OBJECTS] = objects
-    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx])
+    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, tenancy_ctx, dispatcher_ctx])
     _add_routes(app)
     return app
 
@@ -128,17 +127,26 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Stored API objects live where the prefix index lives (the same Redis, if any)."""
-    if OBJECTS not in app:
-        cache = app[CONFIG].cache
-        store = app[STORE]
-        if isinstance(store, RedisPrefixStore):
-            app[OBJECTS] = RedisObjectStore(
-                store.redis, key_prefix=cache.key_prefix, ttl=cache.responses_ttl
-            )
-        else:
-            app[OBJECTS] = MemoryObjectStore(cache.responses_ttl)
+    """Stored API objects: in their own Redis (objects.redis_url), else beside the prefix
+    index (the same Redis, if any), else in memory up to objects.memory_max_objects."""
+    if OBJECTS in app:
+        yield
+        return
+    config = app[CONFIG]
+    ttl, prefix = config.cache.responses_ttl, config.cache.key_prefix
+    timeout = config.objects.timeout_ms / 1000
+    own: Redis | None = None
+    store = app[STORE]
+    if config.objects.redis_url is not None:
+        own = Redis.from_url(config.objects.redis_url.get_secret_value())
+        app[OBJECTS] = RedisObjectStore(own, key_prefix=prefix, ttl=ttl, timeout=timeout)
+    elif isinstance(store, RedisPrefixStore):
+        app[OBJECTS] = RedisObjectStore(store.redis, key_prefix=prefix, ttl=ttl, timeout=timeout)
+    else:
+        app[OBJECTS] = MemoryObjectStore(ttl, config.objects.memory_max_objects)
     yield
+    if own is not None:
+        await own.aclose()
 
 
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -151,14 +159,13 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id, CORS, auth, and every error as an OpenAI envelope; one log line each."""
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
-    ctx = RequestContext.start(request_id, request.app[BASE_HEADERS])
+    ctx = RequestContext.start(request_id, base_headers(request, request.app[BASE_HEADERS]))
     request[CONTEXT] = ctx
     try:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = _preflight(request)
         else:
-            _authorize(request)
-            response = await handler(request)
+            response = await handler(request)  # tenancy_middleware authenticates
     except RouterError as exc:
         if ctx.stream is not None:
             return await _fail_in_stream(request, ctx, exc.message)
@@ -196,20 +203,6 @@ async def _fail_in_stream(
     await write_error_tail(ctx.stream, ctx, message, "internal_error")
     _account(request, ctx, ctx.stream)
     return ctx.stream
-
-
-def _authorize(request: web.Request) -> None:
-    keys = request.app[CONFIG].server.api_keys
-    if not keys or request.path in _PUBLIC_PATHS:
-        return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    # Compare against every key, without stopping early, so timing says nothing about the keys.
-    matches = [hmac.compare_digest(given, k.get_secret_value().encode()) for k in keys]
-    if not any(matches):
-        raise Unauthorized("Incorrect API key provided.")
 
 
 def _preflight(request: web.Request) -> web.Response:

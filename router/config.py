@@ -88,6 +88,8 @@ class BackendConfig(_Frozen):
     timeout: TimeoutConfig = TimeoutConfig()
     forward_cache_control: bool = False
     prompt_cache_key: bool = False
+    # Send vLLM's ``cache_salt`` derived from the tenant, so tenants never share KV blocks.
+    cache_salt: bool = False
     cache: BackendCacheConfig = BackendCacheConfig()
 
     @model_validator(mode="after")
@@ -110,12 +112,54 @@ class RoutesConfig(_Frozen):
         return self.json_ if request_type == "json" else str(getattr(self, request_type))
 
 
+TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class ApiKeyConfig(_Frozen):
+    """One client key and what its holder (the tenant) may do; limits per minute."""
+
+    key: Secret
+    name: str | None = Field(default=None, pattern=TENANT_NAME)  # default: key-<hash prefix>
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    allowed_types: list[str] | None = None
+    allowed_backends: list[str] | None = None
+
+    @field_validator("allowed_types")
+    @classmethod
+    def _known_types(cls, types: list[str] | None) -> list[str] | None:
+        for t in types or ():
+            if t not in REQUEST_TYPES and t not in ("document", "long"):
+                raise ValueError(f"unknown request type {t!r} (use {', '.join(REQUEST_TYPES)})")
+        return types
+
+
+def _key_entry(value: object) -> object:
+    """A plain string (or ``env:VAR``) is a key with no name, limits or restrictions."""
+    return {"key": value} if isinstance(value, str) else value
+
+
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_size: ByteSize = 32 << 20
-    api_keys: list[Secret] = Field(default_factory=list)
+    api_keys: list[Annotated[ApiKeyConfig, BeforeValidator(_key_entry)]] = Field(
+        default_factory=list
+    )
+    # Also accept keys created with `di-router keys create` (kept hashed in the objects' Redis).
+    redis_keys: bool = False
+    key_cache_seconds: float = Field(default=10.0, ge=0, description="Redis key lookups cached")
     cors_allow_origin: str = "*"
+    # Stored-object routes (lists, retrieve, delete...) send no CORS headers unless enabled, so
+    # a web page cannot read stored conversations through a visitor's browser.
+    cors_objects: bool = False
+
+    @model_validator(mode="after")
+    def _unique_key_names(self) -> ServerConfig:
+        names = [k.name for k in self.api_keys if k.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError("api_keys names must be unique")
+        return self
 
 
 class RoutingConfig(_Frozen):
@@ -135,6 +179,16 @@ class CacheConfig(_Frozen):
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
     memory_max_entries: int = Field(default=100_000, gt=0)
     responses_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="stored objects, seconds")
+    # Prefix-index entries are namespaced by tenant; true lets tenants share (one-team setups).
+    share_across_tenants: bool = False
+
+
+class ObjectsConfig(_Frozen):
+    """Where stored chat completions and responses live (their lifetime: cache.responses_ttl)."""
+
+    redis_url: Secret | None = None  # default: cache.redis_url, else memory
+    timeout_ms: float = Field(default=500.0, gt=0)
+    memory_max_objects: int = Field(default=10_000, gt=0)
 
 
 class UpstreamPoolConfig(_Frozen):
@@ -148,6 +202,7 @@ class RouterConfig(_Frozen):
     routes: RoutesConfig
     routing: RoutingConfig = RoutingConfig()
     cache: CacheConfig = CacheConfig()
+    objects: ObjectsConfig = ObjectsConfig()
     upstream: UpstreamPoolConfig = UpstreamPoolConfig()
 
     @model_validator(mode="after")
@@ -164,6 +219,13 @@ class RouterConfig(_Frozen):
                 raise ValueError(
                     f"routes.{request_type} names backend {target!r}, which is not defined "
                     f"(defined: {', '.join(names)})"
+                )
+        for i, key in enumerate(self.server.api_keys):
+            unknown = set(key.allowed_backends or ()) - set(names)
+            if unknown:
+                raise ValueError(
+                    f"server.api_keys[{i}].allowed_backends names unknown backends "
+                    f"{', '.join(sorted(unknown))}"
                 )
         return self
 

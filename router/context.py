@@ -19,6 +19,16 @@ EXPOSED_HEADERS = (
     "X-DI-Cache",
     "X-Request-Id",
     "Server-Timing",
+    "X-DI-Tenant",
+    "X-DI-RateLimit",
+    "X-DI-Store",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "Retry-After",
 )
 
 
@@ -33,6 +43,18 @@ class RequestContext:
     cache: str | None = None  # hit | miss | none | bypass
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    # The key's holder; None when no keys are configured (one anonymous tenant).
+    tenant: str | None = None
+    allowed_types: frozenset[str] | None = None  # None: every type
+    allowed_backends: frozenset[str] | None = None  # None: every backend
+    # Token usage the backend reported (or the router estimated when it reported none).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usage_reported: bool = False
+    streamed_events: int = 0  # data events relayed, the estimate when no usage came
+    client_gone: bool = False  # the client went away mid-stream
+    stored: str | None = None  # store: true outcome, "stored" | "failed"
     # Headers a component adds that no other one reads (e.g. rate-limit figures).
     extra_headers: dict[str, str] = field(default_factory=dict)
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
@@ -59,6 +81,10 @@ class RequestContext:
             headers["X-DI-Cache"] = self.cache
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
+        if self.tenant is not None:
+            headers["X-DI-Tenant"] = self.tenant
+        if self.stored is not None:
+            headers["X-DI-Store"] = self.stored
         if self.extra_headers:
             headers.update(self.extra_headers)
         return headers

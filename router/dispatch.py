@@ -23,6 +23,7 @@ from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
 from router.prefix import Breakpoint, find_breakpoints, strip_cache_control
 from router.store import PrefixHit, PrefixStore, StoreUnavailable
+from router.tenants import cache_salt, cache_scope, check_route, scoped_namespace
 from router.upstream import Unreachable, send
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Plan:
     pool: Pool
     breakpoints: list[Breakpoint]  # shortest first; only those long enough to be cached
     marked: bool  # the body carries cache_control markers (to strip before forwarding)
+    cache_salt: str | None = None  # vLLM's cache_salt for the tenant (tenants.cache_salt)
 
     @property
     def backend(self) -> BackendConfig:
@@ -79,13 +81,16 @@ class Dispatcher:
         pool = self._routes[request_type]
         backend = pool.backend
         ctx.backend = backend.name
+        check_route(ctx, request_type.value, backend.name)  # 403 for a key without the right
+        scope = cache_scope(self._config, ctx)
+        salt = cache_salt(scope) if backend.cache_salt else None
         if raw is not None and b'"cache_control"' not in raw:
-            return Plan(request_type, pool, [], marked=False)
+            return Plan(request_type, pool, [], marked=False, cache_salt=salt)
         namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
-        found = find_breakpoints(chat_body, namespace)
+        found = find_breakpoints(chat_body, scoped_namespace(namespace, scope))
         minimum = backend.cache.min_tokens
         breakpoints = [bp for bp in found if bp.tokens >= minimum] if minimum else found
-        return Plan(request_type, pool, breakpoints, marked=bool(found))
+        return Plan(request_type, pool, breakpoints, marked=bool(found), cache_salt=salt)
 
     def payload(self, body: dict[str, Any], raw: bytes | None, plan: Plan) -> bytes:
         """The bytes to send upstream: the client's body, changed only where the backend says."""
@@ -97,6 +102,8 @@ class Dispatcher:
             changed = strip_cache_control(changed)
         if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
             changed = {**changed, "prompt_cache_key": plan.breakpoints[-1].key}
+        if plan.cache_salt is not None:  # the router's, never the client's: tenants stay apart
+            changed = {**changed, "cache_salt": plan.cache_salt}
         if changed is body and raw is not None:
             return raw
         return orjson.dumps(changed)

@@ -5,6 +5,7 @@ Handlers raise; one middleware renders ``{"error": {"message", "type", "param", 
     RouterError                      any error the router answers itself
     ├── InvalidRequest        400    the client's body or parameters are wrong
     ├── Unauthorized          401    missing or unknown API key
+    ├── Forbidden             403    the key may not use this request type or backend
     ├── NotFound              404    unknown path or stored object
     ├── MethodNotAllowed      405
     ├── PayloadTooLarge       413
@@ -66,6 +67,12 @@ class Unauthorized(RouterError):
     status = 401
     type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    default_code = "permission_denied"
 
 
 class NotFound(RouterError):

@@ -11,7 +11,10 @@ from router.context import RequestContext
 from router.dispatch import Dispatcher
 from router.metrics import Metrics
 from router.objects import ObjectStore
+from router.ratelimit import RateLimiter
 from router.store import PrefixStore
+from router.tenants import KeyRing
+from router.usage import TenantCounters
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -23,3 +26,7 @@ METRICS = web.AppKey("metrics", Metrics)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])
+# Tenancy (router/governance.py): keys -> tenants, per-key limits, per-tenant counters.
+KEYRING = web.AppKey("keyring", KeyRing)
+LIMITER = web.AppKey("limiter", RateLimiter)
+TENANT_COUNTERS = web.AppKey("tenant_counters", TenantCounters)

@@ -6,7 +6,7 @@ import orjson
 from aiohttp import web
 
 from router.handlers.common import context, read_json, relay_json, relay_sse
-from router.handlers.stored_chat import StreamAssembler, save
+from router.handlers.stored_chat import StreamAssembler, save, tell_stream
 from router.keys import DISPATCHER, OBJECTS
 from router.validate import check_chat
 
@@ -19,16 +19,20 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     plan = dispatcher.plan(body, ctx, raw)
     payload = dispatcher.payload(body, raw, plan)
     store = body.get("store") is True
+    assembler = StreamAssembler() if store and body.get("stream") else None
+    data = b""
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
         if body.get("stream"):
-            assembler = StreamAssembler() if store else None
             response = await relay_sse(
                 request, routed, ctx, body["model"], assembler.feed if assembler else None
             )
-            if assembler is not None and assembler.head:
-                await save(request.app[OBJECTS], ctx, body, assembler.completion())
-            return response
-        response, data = await relay_json(routed, ctx, body["model"])
-    if store:
+        else:
+            response, data = await relay_json(routed, ctx, body["model"])
+    # Stored after the upstream connection is released. A stream the client cut off is not
+    # stored at all: nobody saw the whole answer, and a partial one would pass for complete.
+    if assembler is not None and assembler.head and not ctx.client_gone:
+        await save(request.app[OBJECTS], ctx, body, assembler.completion())
+        await tell_stream(response, ctx)
+    elif store and data:
         await save(request.app[OBJECTS], ctx, body, orjson.loads(data))
     return response

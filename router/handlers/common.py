@@ -16,6 +16,7 @@ from router.dispatch import Routed
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from router.keys import CONFIG, CONTEXT
 from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
+from router.usage import note_body, note_event
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ async def relay_json(
 ) -> tuple[web.Response, bytes]:
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
     data = await read_body(routed.response, where(routed))
+    note_body(ctx, data)
     data = rewrite_model(data, model_field(client_model))
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
     return response, data
@@ -119,6 +121,7 @@ async def relay_sse(
                     done = True
                 elif event.startswith((b'data: {"error"', b'data:{"error"')):
                     failed = True
+                note_event(ctx, event)
                 if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
@@ -144,6 +147,7 @@ async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestC
         await response.write(data)
     except ConnectionResetError:
         log.info("request %s: client went away mid-stream", ctx.request_id)
+        ctx.client_gone = True
         return False
     return True
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from router.balancer import Replica
 from router.errors import NotFound
-from router.keys import BALANCER, CONFIG, METRICS, SESSION
+from router.keys import BALANCER, CONFIG, METRICS, SESSION, TENANT_COUNTERS
 
 _STARTED = int(time.time())
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -76,4 +76,5 @@ async def metrics(request: web.Request) -> web.Response:
     pools = request.app[BALANCER].pools
     in_flight = [(p.backend.name, r.id, r.in_flight) for p in pools.values() for r in p.replicas]
     text = request.app[METRICS].render(in_flight)
+    text += request.app[TENANT_COUNTERS].render()  # per-tenant counters (router/usage.py)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -32,6 +32,7 @@ from router.handlers.common import (
     write_or_gone,
 )
 from router.handlers.listing import guarded, list_response, newest_first, page_limit
+from router.handlers.stored_chat import put_or_warn, tell_stream
 from router.keys import DISPATCHER, OBJECTS
 from router.objects import ObjectStore
 from router.prefix import strip_cache_control
@@ -44,8 +45,9 @@ from router.responses import (
     request_to_chat,
     response_to_history,
 )
-from router.store import StoreUnavailable
-from router.upstream import iter_sse_events, read_body
+from router.tenants import owner
+from router.upstream import describe, iter_sse_events, read_body
+from router.usage import note_body, note_event
 from router.validate import check_model
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     objects = request.app[OBJECTS]
-    history = await _history(objects, body.get("previous_response_id"))
+    history = await _history(objects, ctx, body.get("previous_response_id"))
     chat = _to_chat(body, history)
     plan = request.app[DISPATCHER].plan(chat, ctx)
     if plan.backend.api == "responses":
@@ -78,19 +80,23 @@ async def _via_responses_backend(
     """The backend speaks the Responses API itself: pass the body through, keep a copy."""
     objects = request.app[OBJECTS]
     payload = _passthrough_payload(body, plan)
+    final = FinalResponse()
+    data = b""
     async with request.app[DISPATCHER].dispatch(ctx, plan, "/responses", payload) as routed:
         if body.get("stream"):
-            final = FinalResponse()
             reply = await relay_sse(
                 request, routed, ctx, body["model"], final.feed, ends=responses_stream_end
             )
-            if final.response is not None:
-                await _save(objects, ctx, body, chat, final.response)
-            return reply
-        answer, data = await relay_json(routed, ctx, body["model"])
-    with contextlib.suppress(orjson.JSONDecodeError):
-        await _save(objects, ctx, body, chat, orjson.loads(data))
-    return answer
+        else:
+            reply, data = await relay_json(routed, ctx, body["model"])
+    # Stored once the upstream connection is released; a stream the client cut off is not.
+    if final.response is not None and not ctx.client_gone:
+        await _save(objects, ctx, body, chat, final.response)
+        await tell_stream(reply, ctx)
+    elif data:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            await _save(objects, ctx, body, chat, orjson.loads(data))
+    return reply
 
 
 async def _via_chat_backend(
@@ -112,17 +118,23 @@ async def _via_chat_backend(
                 request=body, response_id=response_id, created_at=created_at
             )
             reply = await _stream_events(request, routed, ctx, events)
+        else:
+            data = await read_body(routed.response, where(routed))
+            note_body(ctx, data)
+    if body.get("stream"):
+        # After the upstream connection is released; a stream the client cut off is not stored.
+        if not ctx.client_gone:
             await _save(objects, ctx, body, chat, events.response)
-            return reply
-        data = await read_body(routed.response, where(routed))
-        try:
-            result = chat_to_response(
-                orjson.loads(data), request=body, response_id=response_id, created_at=created_at
-            )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise UpstreamError(
-                f"The {where(routed)} answered with something that is not a chat completion."
-            ) from None
+            await tell_stream(reply, ctx)
+        return reply
+    try:
+        result = chat_to_response(
+            orjson.loads(data), request=body, response_id=response_id, created_at=created_at
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise UpstreamError(
+            f"The {describe(routed.replica)} answered with something that is not a chat completion."
+        ) from None
     await _save(objects, ctx, body, chat, result)
     return web.json_response(result, headers=ctx.headers, dumps=_dumps)
 
@@ -135,7 +147,7 @@ async def retrieve_response(request: web.Request) -> web.Response:
 async def delete_response(request: web.Request) -> web.Response:
     await _load(request)
     response_id = request.match_info["response_id"]
-    await guarded(request.app[OBJECTS].delete(KIND, response_id))
+    await guarded(request.app[OBJECTS].delete(owner(context(request)), KIND, response_id))
     return web.json_response({"id": response_id, "object": "response", "deleted": True})
 
 
@@ -176,14 +188,17 @@ def _to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None) -> dict
         raise InvalidRequest(exc.message, param=exc.param) from None
 
 
-async def _history(objects: ObjectStore, previous: Any) -> list[dict[str, Any]] | None:
+async def _history(
+    objects: ObjectStore, ctx: RequestContext, previous: Any
+) -> list[dict[str, Any]] | None:
     if previous is None:
         return None
     if not isinstance(previous, str):
         raise InvalidRequest(
             "'previous_response_id' must be a string.", param="previous_response_id"
         )
-    doc = await guarded(objects.get(KIND, previous))
+    # Only the tenant's own responses can be continued; another's is "not found".
+    doc = await guarded(objects.get(owner(ctx), KIND, previous))
     if doc is None:
         raise NotFound(
             f"Previous response with id {previous!r} not found.", param="previous_response_id"
@@ -225,6 +240,8 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
         del out["messages"]
     if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
         out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
+    if plan.cache_salt is not None:
+        out = {**out, "cache_salt": plan.cache_salt}
     return orjson.dumps(out)
 
 
@@ -257,6 +274,7 @@ async def _relay_events(
             continue  # read to the end, so the upstream connection can be reused
         frames: list[bytes] = []
         for event in batch:
+            note_event(ctx, event)
             data = event[5:].strip() if event.startswith(b"data:") else None
             if data is None:
                 continue
@@ -292,17 +310,12 @@ async def _save(
         "input_items": input_items(body),
         "history": response_to_history(chat.get("messages") or [], response),
     }
-    try:
-        await objects.put(KIND, response["id"], doc)
-    except StoreUnavailable:
-        log.warning(
-            "request %s: response %s not stored (store down)", ctx.request_id, response["id"]
-        )
+    await put_or_warn(objects, ctx, KIND, response["id"], doc)
 
 
 async def _load(request: web.Request) -> dict[str, Any]:
     response_id = request.match_info["response_id"]
-    doc = await guarded(request.app[OBJECTS].get(KIND, response_id))
+    doc = await guarded(request.app[OBJECTS].get(owner(context(request)), KIND, response_id))
     if doc is None:
         raise NotFound(f"Response with id {response_id!r} not found.", param="response_id")
     return doc

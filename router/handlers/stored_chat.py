@@ -10,11 +10,12 @@ from aiohttp import web
 
 from router.context import RequestContext
 from router.errors import InvalidRequest, NotFound
-from router.handlers.common import read_json
+from router.handlers.common import context, read_json, write_or_gone
 from router.handlers.listing import guarded, list_response, newest_first, page_limit
 from router.keys import OBJECTS
 from router.objects import ObjectStore
 from router.store import StoreUnavailable
+from router.tenants import owner
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,11 @@ KIND = "chat"
 async def save(
     objects: ObjectStore, ctx: RequestContext, body: dict[str, Any], completion: dict[str, Any]
 ) -> None:
-    """Store a finished completion with its request; a store fault only costs the copy."""
+    """Store a finished completion with its request, for its tenant.
+
+    A store fault costs only the copy, never the answer, and is never silent: ``ctx.stored``
+    becomes ``failed`` (the ``X-DI-Store`` header) and a warning is logged.
+    """
     completion_id = completion.get("id")
     if not isinstance(completion_id, str):
         return
@@ -32,12 +37,27 @@ async def save(
         "completion": {**completion, "metadata": body.get("metadata") or {}},
         "messages": body.get("messages") or [],
     }
+    await put_or_warn(objects, ctx, KIND, completion_id, doc)
+
+
+async def put_or_warn(
+    objects: ObjectStore, ctx: RequestContext, kind: str, object_id: str, doc: dict[str, Any]
+) -> None:
+    """Store an object made by this request; record the outcome in ``ctx.stored``."""
     try:
-        await objects.put(KIND, completion_id, doc)
-    except StoreUnavailable:
-        log.warning(
-            "request %s: completion %s not stored (store down)", ctx.request_id, completion_id
-        )
+        await objects.put(owner(ctx), kind, object_id, doc)
+    except StoreUnavailable as exc:
+        ctx.stored = "failed"
+        log.warning("request %s: %s %s not stored (%s)", ctx.request_id, kind, object_id, exc)
+        return
+    ctx.stored = "stored"
+
+
+async def tell_stream(reply: web.StreamResponse, ctx: RequestContext) -> None:
+    """After a stream, headers are gone: a failed store is said in an SSE comment line, which
+    SDKs skip (the warning is logged too)."""
+    if ctx.stored == "failed" and not ctx.client_gone:
+        await write_or_gone(reply, b": x-di-store: failed\n\n", ctx)
 
 
 class StreamAssembler:
@@ -121,6 +141,7 @@ async def list_completions(request: web.Request) -> web.Response:
 
     page = await guarded(
         request.app[OBJECTS].page(
+            owner(context(request)),
             KIND,
             after=query.get("after"),
             limit=page_limit(query.get("limit")),
@@ -144,14 +165,14 @@ async def update_completion(request: web.Request) -> web.Response:
         raise InvalidRequest("'metadata' must be an object of string values.", param="metadata")
     doc["completion"]["metadata"] = metadata
     completion = doc["completion"]
-    await guarded(request.app[OBJECTS].put(KIND, completion["id"], doc))
+    await guarded(request.app[OBJECTS].put(owner(context(request)), KIND, completion["id"], doc))
     return web.json_response(completion, dumps=_dumps)
 
 
 async def delete_completion(request: web.Request) -> web.Response:
     await _load(request)
     completion_id = request.match_info["completion_id"]
-    await guarded(request.app[OBJECTS].delete(KIND, completion_id))
+    await guarded(request.app[OBJECTS].delete(owner(context(request)), KIND, completion_id))
     return web.json_response(
         {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
     )
@@ -184,7 +205,8 @@ def _text(content: Any) -> Any:
 
 async def _load(request: web.Request) -> dict[str, Any]:
     completion_id = request.match_info["completion_id"]
-    doc = await guarded(request.app[OBJECTS].get(KIND, completion_id))
+    # Another tenant's object is "not found", exactly like one that never existed.
+    doc = await guarded(request.app[OBJECTS].get(owner(context(request)), KIND, completion_id))
     if doc is None:
         raise NotFound(
             f"No stored chat completion found with id {completion_id!r}.", param="completion_id"

@@ -1,0 +1,147 @@
+"""The tenancy middleware: key -> tenant, per-key limits, usage accounting; CORS for objects.
+
+It runs inside ``app.request_middleware``, which renders its errors (401, 403, 429, 503) as the
+OpenAI envelope with the request's headers. Limits apply to the generation endpoints only
+(stored-object reads are not model requests, as with OpenAI's own limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from router.context import RequestContext
+from router.errors import RateLimited, RouterError
+from router.keys import CONFIG, CONTEXT, KEYRING, LIMITER, OBJECTS, STORE, TENANT_COUNTERS
+from router.keystore import RedisKeyStore
+from router.objects import RedisObjectStore
+from router.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, Verdict
+from router.store import RedisPrefixStore
+from router.tenants import KeyRing, Tenant
+from router.usage import TenantCounters, tokens_used
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+GENERATION_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
+_OBJECT_PREFIXES = ("/v1/chat/completions/", "/v1/responses/")
+_NOT_OBJECTS = frozenset({"/v1/responses/input_tokens", "/v1/messages/count_tokens"})
+
+
+def is_object_route(path: str, method: str) -> bool:
+    """Routes that read or change stored objects (a browser must not reach them by default)."""
+    if path in _NOT_OBJECTS:
+        return False
+    if path.startswith(_OBJECT_PREFIXES):
+        return True
+    return path == "/v1/chat/completions" and method == "GET"
+
+
+def base_headers(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
+    """The app's CORS headers, or none on object routes unless ``server.cors_objects``."""
+    if request.app[CONFIG].server.cors_objects:
+        return headers
+    method = request.headers.get("Access-Control-Request-Method", request.method)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" not in request.headers:
+        method = request.method
+    return {} if is_object_route(request.path, method.upper()) else headers
+
+
+@web.middleware
+async def tenancy_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    app = request.app
+    ctx = request[CONTEXT]
+    tenant = await app[KEYRING].authenticate(request.headers.get("Authorization", ""))
+    if tenant is not None:
+        ctx.tenant = tenant.name
+        ctx.allowed_types = tenant.allowed_types
+        ctx.allowed_backends = tenant.allowed_backends
+    generation = request.method == "POST" and request.path in GENERATION_PATHS
+    counters = app[TENANT_COUNTERS]
+    status = 500
+    try:
+        if generation and tenant is not None and tenant.limited:
+            await _admit(app[LIMITER], counters, ctx, tenant)
+        response = await handler(request)
+        status = response.status
+        return response
+    except RouterError as exc:
+        status = exc.http_status
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's convention)
+        raise
+    finally:
+        if generation:
+            counters.observe(ctx, request.headers.get("X-Title"), status)
+            if tenant is not None and tenant.tpm:
+                used = tokens_used(ctx, request.content_length or 0)
+                app[LIMITER].charge(tenant.name, tenant.tpm, used)
+
+
+async def _admit(
+    limiter: RateLimiter, counters: TenantCounters, ctx: RequestContext, tenant: Tenant
+) -> None:
+    verdict: Verdict = await limiter.admit(tenant.name, tenant.rpm, tenant.tpm)
+    if verdict.bypassed:
+        counters.bypassed += 1  # metrics: di_ratelimit_bypass_total
+        ctx.extra_headers["X-DI-RateLimit"] = "bypass"
+        return
+    ctx.extra_headers.update(verdict.headers)
+    if verdict.admitted:
+        return
+    limit = verdict.exceeded or "requests"
+    counters.rejected(tenant.name, limit)
+    wait = verdict.retry_after
+    unit = "rpm" if limit == "requests" else "tpm"
+    cap = tenant.rpm if limit == "requests" else tenant.tpm
+    raise RateLimited(
+        f"Rate limit reached for {tenant.name} on {limit} per minute ({unit}): limit {cap}. "
+        f"Please try again in {wait:.3g}s.",
+        code="rate_limit_exceeded",
+        headers={
+            "Retry-After": str(max(1, math.ceil(wait))),
+            "retry-after-ms": str(max(1, math.ceil(wait * 1000))),
+        },
+    )
+
+
+async def tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The key ring (with Redis keys when enabled), the limiter and the tenant counters."""
+    config = app[CONFIG]
+    app[TENANT_COUNTERS] = TenantCounters()
+    redis_keys = None
+    if config.server.redis_keys:
+        objects = app[OBJECTS]
+        if not isinstance(objects, RedisObjectStore):
+            raise RuntimeError("server.redis_keys needs objects.redis_url or cache.redis_url")
+        redis_keys = RedisKeyStore(objects.redis, key_prefix=config.cache.key_prefix)
+    app[KEYRING] = KeyRing(config, redis_keys)
+    store = app[STORE]
+    limiter: RateLimiter
+    if LIMITER in app:
+        limiter = app[LIMITER]
+    elif isinstance(store, RedisPrefixStore):
+        limiter = RedisRateLimiter(
+            store.redis,
+            key_prefix=config.cache.key_prefix,
+            timeout=config.cache.timeout_ms / 1000,
+            retry_after=config.cache.retry_after,
+        )
+    else:
+        limiter = MemoryRateLimiter()
+    app[LIMITER] = limiter
+    yield
+    await limiter.flush()
