@@ -23,6 +23,7 @@ from router.config import (
     embedded_config,
     load_config,
 )
+from router.keycli import add_keys_commands
 
 log = logging.getLogger("router")
 
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config, print the routing table")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+
+    keys = sub.add_parser("keys", help="API keys kept in Redis: create, list, revoke")
+    add_keys_commands(keys)
 
     # Listed for --help only: main() hands "bench ..." to the benchmark's own parser.
     sub.add_parser("bench", help="TTFT benchmark (see benchmarks/ttft.py; bench --help)")
