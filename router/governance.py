@@ -85,6 +85,8 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         if generation:
+            # metrics: per-tenant requests/tokens live in usage.TenantCounters, rendered at
+            # /metrics beside metrics.py; issue 12 may move them onto its registry.
             counters.observe(ctx, request.headers.get("X-Title"), status)
             if tenant is not None and tenant.tpm:
                 used = tokens_used(ctx, request.content_length or 0)

@@ -80,7 +80,13 @@ def test_sim_serves_replicas_on_consecutive_ports() -> None:
 def test_check_config_prints_the_routing_table(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("DI_ROUTER_API_KEY", "OPENAI_API_KEY", "DI_ROUTER_REDIS_URL"):
+    for name in (
+        "DI_ROUTER_API_KEY",
+        "OPENAI_API_KEY",
+        "DI_ROUTER_REDIS_URL",
+        "TEAM_A_KEY",
+        "DI_ROUTER_OBJECTS_REDIS_URL",
+    ):
         monkeypatch.setenv(name, "x")
     assert main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out

@@ -43,7 +43,12 @@ def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DI_ROUTER_API_KEY", "k")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     monkeypatch.setenv("DI_ROUTER_REDIS_URL", "redis://:pw@redis:6379/0")
+    monkeypatch.setenv("TEAM_A_KEY", "sk-team-a")
+    monkeypatch.setenv("DI_ROUTER_OBJECTS_REDIS_URL", "redis://objects:6379/0")
     config = load_config(EXAMPLE)
+    team = config.server.api_keys[1]
+    assert (team.name, team.rpm, team.allowed_types) == ("team-a", 600, ["text", "code", "json"])
+    assert config.server.api_keys[0].name is None  # a plain string: named from its digest
     openai_backend = config.backend("openai")
     assert openai_backend.api_key is not None
     assert openai_backend.api_key.get_secret_value() == "sk-secret"

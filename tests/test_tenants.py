@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from router.config import RouterConfig
 from router.context import RequestContext
@@ -17,7 +20,7 @@ from router.objects import MemoryObjectStore
 from router.tenants import ANONYMOUS, generated_name
 from router.usage import tokens_used
 
-from .conftest import Stack, start_stack, stop_stack
+from .conftest import RedisServer, Stack, start_stack, stop_stack
 
 KEY_A, KEY_B, KEY_TEXT = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-text-only-01234"
 
@@ -234,3 +237,23 @@ def test_usage_estimate_when_a_stream_reports_none() -> None:
     assert tokens_used(ctx, 400) == 100 + 7
     ctx.usage_reported, ctx.prompt_tokens, ctx.completion_tokens = True, 20, 5
     assert tokens_used(ctx, 400) == 25
+
+
+def test_objects_can_live_in_their_own_redis(make_stack: Any, redis_server: RedisServer) -> None:
+    def edit(config: RouterConfig) -> RouterConfig:
+        objects = config.objects.model_copy(update={"redis_url": SecretStr(redis_server.url)})
+        return two_keys(config).model_copy(update={"objects": objects})
+
+    live: Stack = make_stack(edit=edit)
+    made = client(live, KEY_A).chat.completions.create(model="m", messages=user(), store=True)
+
+    async def stored() -> list[bytes]:
+        redis = Redis.from_url(redis_server.url)
+        try:
+            return sorted(await redis.keys("di:*"))
+        finally:
+            await redis.aclose()
+
+    keys = asyncio.run(stored())
+    assert keys == [b"di:idx:team-a:chat", f"di:obj:team-a:chat:{made.id}".encode()]
+    assert client(live, KEY_A).chat.completions.retrieve(made.id).id == made.id
