@@ -24,6 +24,7 @@ from router.config import (
     load_config,
 )
 from router.keycli import add_keys_commands
+from router.tenants import tenant_of
 
 log = logging.getLogger("router")
 
@@ -205,6 +206,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"{request_type:<8} {backend.name:<20} {backend.api:<10} {model:<24} {replicas}")
     store = "redis" if config.cache.redis_url else "memory"
     print(f"routing policy: {config.routing.policy}; prefix store: {store}")
+    if config.server.api_keys or config.server.redis_keys:
+        names = [tenant_of(k).name for k in config.server.api_keys]
+        extra = " (+ keys in Redis)" if config.server.redis_keys else ""
+        print(f"tenants: {', '.join(names) or 'none in the file'}{extra}")
     return 0
 
 

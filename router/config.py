@@ -159,6 +159,9 @@ class ServerConfig(_Frozen):
         names = [k.name for k in self.api_keys if k.name is not None]
         if len(names) != len(set(names)):
             raise ValueError("api_keys names must be unique")
+        keys = [k.key.get_secret_value() for k in self.api_keys]
+        if len(keys) != len(set(keys)):
+            raise ValueError("api_keys must be distinct (one key, one tenant)")
         return self
 
 

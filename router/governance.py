@@ -48,9 +48,9 @@ def base_headers(request: web.Request, headers: dict[str, str]) -> dict[str, str
     """The app's CORS headers, or none on object routes unless ``server.cors_objects``."""
     if request.app[CONFIG].server.cors_objects:
         return headers
-    method = request.headers.get("Access-Control-Request-Method", request.method)
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" not in request.headers:
-        method = request.method
+    method = request.method
+    if method == "OPTIONS":  # a preflight asks about the method to come
+        method = request.headers.get("Access-Control-Request-Method", method)
     return {} if is_object_route(request.path, method.upper()) else headers
 
 

@@ -87,9 +87,11 @@ def test_check_config_prints_the_routing_table(
         "TEAM_A_KEY",
         "DI_ROUTER_OBJECTS_REDIS_URL",
     ):
-        monkeypatch.setenv(name, "x")
+        monkeypatch.setenv(name, f"x-{name}")
     assert main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
+    assert "tenants: key-" in out and ", team-a (+ keys in Redis)" in out
+    assert "x-TEAM_A_KEY" not in out
     assert "code     sglang-coder" in out
     assert "vision   ollama-vision" in out
 

@@ -187,6 +187,9 @@ def test_unknown_backend_in_allowed_backends_is_a_config_error() -> None:
     data["server"] = {"api_keys": [{"key": "k", "name": "x"}, {"key": "j", "name": "x"}]}
     with pytest.raises(ValueError, match="names must be unique"):
         RouterConfig.model_validate(data)
+    data["server"] = {"api_keys": ["k", {"key": "k", "name": "x"}]}
+    with pytest.raises(ValueError, match="must be distinct"):
+        RouterConfig.model_validate(data)
 
 
 async def test_wrong_keys_are_401_and_never_echoed(tenants: Stack) -> None:
