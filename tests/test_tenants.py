@@ -253,7 +253,8 @@ def test_objects_can_live_in_their_own_redis(make_stack: Any, redis_server: Redi
     async def stored() -> list[bytes]:
         redis = Redis.from_url(redis_server.url)
         try:
-            return sorted(await redis.keys("di:*"))
+            found: list[bytes] = await redis.keys("di:*")
+            return sorted(found)
         finally:
             await redis.aclose()
 
