@@ -250,14 +250,13 @@ def test_objects_can_live_in_their_own_redis(make_stack: Any, redis_server: Redi
     live: Stack = make_stack(edit=edit)
     made = client(live, KEY_A).chat.completions.create(model="m", messages=user(), store=True)
 
-    async def stored() -> list[bytes]:
-        redis = Redis.from_url(redis_server.url)
+    async def stored() -> list[str]:
+        redis = Redis.from_url(redis_server.url, decode_responses=True)
         try:
-            found: list[bytes] = await redis.keys("di:*")
-            return sorted(found)
+            return sorted(str(k) for k in await redis.keys("di:*"))
         finally:
             await redis.aclose()
 
     keys = asyncio.run(stored())
-    assert keys == [b"di:idx:team-a:chat", f"di:obj:team-a:chat:{made.id}".encode()]
+    assert keys == ["di:idx:team-a:chat", f"di:obj:team-a:chat:{made.id}"]
     assert client(live, KEY_A).chat.completions.retrieve(made.id).id == made.id
