@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from router.config import RouterConfig
 from router.context import RequestContext
 from router.keys import KEYRING, OBJECTS
 from router.objects import MemoryObjectStore
+from router.sim import SimSettings
 from router.tenants import ANONYMOUS, generated_name
 from router.usage import tokens_used
 
@@ -260,3 +262,35 @@ def test_objects_can_live_in_their_own_redis(make_stack: Any, redis_server: Redi
     keys = asyncio.run(stored())
     assert keys == ["di:idx:team-a:chat", f"di:obj:team-a:chat:{made.id}"]
     assert client(live, KEY_A).chat.completions.retrieve(made.id).id == made.id
+
+
+def test_a_stream_the_client_cut_off_is_not_stored() -> None:
+    """The store is inspected after the router stopped, which waits for every handler: no
+    timing involved. A whole stream is stored; one the client left after its first event is not."""
+    objects = MemoryObjectStore(ttl=60)
+    live = start_stack(
+        sim=SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=20), objects=objects
+    )
+    try:
+        whole = live.client().chat.completions.create(
+            model="m", messages=user(), store=True, stream=True, max_tokens=2
+        )
+        ids = [chunk.id for chunk in whole]  # read to the end: a whole stream
+        kept = ids[0]
+        host, port = live.base_url.removeprefix("http://").removesuffix("/v1").split(":")
+        body = b'{"model": "m", "stream": true, "store": true, "max_tokens": 500,' + (
+            b' "messages": [{"role": "user", "content": "a long one"}]}'
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            received = b""
+            while b"data: " not in received:
+                received += sock.recv(4096)
+        assert b"200 OK" in received
+    finally:
+        stop_stack(live)
+    assert len(objects) == 1
+    assert asyncio.run(objects.get(ANONYMOUS, "chat", kept)) is not None
