@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from router.config import RouterConfig
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore, StoreFull
 from router.store import StoreUnavailable
+from router.tenants import ANONYMOUS
 
 from .conftest import RedisServer, free_port
 
@@ -154,3 +159,31 @@ async def test_listing_cost_does_not_grow_with_the_store(redis_server: RedisServ
         assert newest.items[0]["id"] == f"o{total - 1:05}"
     assert costs[0] == costs[1]
     await client.aclose()
+
+
+async def test_concurrent_lists_of_a_large_store_all_answer(
+    make_stack: Any, redis_server: RedisServer
+) -> None:
+    """20 concurrent SDK lists over 3,000 stored completions: every one answers its page."""
+    client = Redis.from_url(redis_server.url)
+    layout = RedisObjectStore(client, key_prefix="di:", ttl=600)  # only for the key names
+    pipe = client.pipeline(transaction=False)
+    for i in range(3000):
+        completion = {"id": f"c{i:05}", "object": "chat.completion", "model": "m", "created": 1}
+        doc = {"completion": {**completion, "choices": [], "metadata": {}}, "messages": []}
+        pipe.set(layout.key(ANONYMOUS, "chat", f"c{i:05}"), orjson.dumps(doc), ex=600)
+        pipe.zadd(layout.index_key(ANONYMOUS, "chat"), {f"c{i:05}": 1_000_000 + i})
+    await pipe.execute()
+    await client.aclose()
+
+    def edit(config: RouterConfig) -> RouterConfig:
+        objects = config.objects.model_copy(update={"redis_url": SecretStr(redis_server.url)})
+        return config.model_copy(update={"objects": objects})
+
+    live = make_stack(edit=edit)
+    sdk = live.aclient()
+    pages = await asyncio.gather(
+        *(sdk.chat.completions.list(limit=50, order="desc") for _ in range(20))
+    )
+    assert all(p.data[0].id == "c02999" and len(p.data) == 50 and p.has_more for p in pages)
+    await sdk.close()
