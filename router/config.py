@@ -223,6 +223,8 @@ class RouterConfig(_Frozen):
                     f"routes.{request_type} names backend {target!r}, which is not defined "
                     f"(defined: {', '.join(names)})"
                 )
+        if self.server.redis_keys and not (self.objects.redis_url or self.cache.redis_url):
+            raise ValueError("server.redis_keys needs objects.redis_url or cache.redis_url")
         for i, key in enumerate(self.server.api_keys):
             unknown = set(key.allowed_backends or ()) - set(names)
             if unknown:

@@ -189,6 +189,9 @@ def test_unknown_backend_in_allowed_backends_is_a_config_error() -> None:
     data["server"] = {"api_keys": [{"key": "k", "name": "x"}, {"key": "j", "name": "x"}]}
     with pytest.raises(ValueError, match="names must be unique"):
         RouterConfig.model_validate(data)
+    data["server"] = {"redis_keys": True}
+    with pytest.raises(ValueError, match="redis_keys needs"):
+        RouterConfig.model_validate(data)
     data["server"] = {"api_keys": ["k", {"key": "k", "name": "x"}]}
     with pytest.raises(ValueError, match="must be distinct"):
         RouterConfig.model_validate(data)
