@@ -26,9 +26,8 @@ from router.errors import (
     PayloadTooLarge,
     RouterError,
     Unauthorized,
-    error_envelope,
 )
-from router.handlers import chat, completions, meta, responses, stored_chat
+from router.handlers import chat, completions, messages, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
@@ -50,6 +49,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Paths of Anthropic's API: their errors use its envelope.
+_ANTHROPIC_PATHS = ("/v1/messages",)
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
@@ -93,6 +94,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_delete(response, responses.delete_response)
     app.router.add_post(response + "/cancel", responses.cancel_response)
     app.router.add_get(response + "/input_items", responses.list_input_items)
+    app.router.add_post("/v1/messages", messages.create_message)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
@@ -152,6 +155,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
     ctx = RequestContext.start(request_id, request.app[BASE_HEADERS])
+    if request.path.startswith(_ANTHROPIC_PATHS):
+        ctx.surface = "anthropic"
     request[CONTEXT] = ctx
     try:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -175,13 +180,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         if ctx.stream is not None:
             message = f"The router failed mid-stream (request id {ctx.request_id})."
             return await _fail_in_stream(request, ctx, message)
-        response = web.json_response(
-            error_envelope(
-                f"The router failed on this request (request id {ctx.request_id}).",
-                "server_error",
-            ),
-            status=500,
-        )
+        failure = RouterError(f"The router failed on this request (request id {ctx.request_id}).")
+        response = _error_response(failure, ctx)
     if not response.prepared:
         response.headers.update(ctx.headers)
     _account(request, ctx, response)
@@ -203,9 +203,14 @@ def _authorize(request: web.Request) -> None:
     if not keys or request.path in _PUBLIC_PATHS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    if not given:
+        # Anthropic's SDKs send the key as x-api-key.
+        given = request.headers.get("x-api-key", "").strip().encode()
+    if not given:
+        raise Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        )
     # Compare against every key, without stopping early, so timing says nothing about the keys.
     matches = [hmac.compare_digest(given, k.get_secret_value().encode()) for k in keys]
     if not any(matches):
@@ -239,7 +244,7 @@ def _from_http(exc: web.HTTPException) -> RouterError:
 
 def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
     response = web.Response(
-        body=exc.body(), status=exc.http_status, content_type="application/json"
+        body=exc.render(ctx.surface), status=exc.http_status, content_type="application/json"
     )
     response.headers.update(exc.headers)
     if exc.http_status >= 500:

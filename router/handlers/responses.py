@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from router import effort
 from router.context import RequestContext
 from router.dispatch import Plan, Routed
 from router.errors import InvalidRequest, NotFound, UpstreamError
@@ -59,6 +60,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     check_model(body)
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    ctx.effort = effort.resolve(request.headers, request.query, body)
     objects = request.app[OBJECTS]
     history = await _history(objects, body.get("previous_response_id"))
     chat = _to_chat(body, history)
@@ -225,6 +227,13 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
         del out["messages"]
     if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
         out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
+    level = effort.backend_value(plan.effort, backend.reasoning_efforts)
+    if level is not None:
+        reasoning = out.get("reasoning")
+        out = {
+            **out,
+            "reasoning": {**(reasoning if isinstance(reasoning, dict) else {}), "effort": level},
+        }
     return orjson.dumps(out)
 
 
