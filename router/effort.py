@@ -1,8 +1,8 @@
 """Request effort: how hard the client wants the model to think, from wherever it said so.
 
 Precedence: the ``X-DI-Effort`` header > the ``?effort=`` query parameter > the body's
-``reasoning_effort`` (Chat) or ``reasoning.effort`` (Responses) > Anthropic's
-``thinking.budget_tokens``. Effort tunes the chosen request type (``code@high`` routes); it
+``reasoning_effort`` (Chat), ``reasoning.effort`` (Responses) or ``output_config.effort``
+(Messages) > Anthropic's ``thinking.budget_tokens``. Effort tunes the chosen request type (``code@high`` routes); it
 never picks the type. Levels: fast, minimal, low, medium, high, xhigh, max, auto; ``auto``
 means "the router's default" and is never forwarded.
 
@@ -69,7 +69,13 @@ def backend_value(level: str | None, accepted: tuple[str, ...]) -> str | None:
 def _body_efforts(body: dict[str, Any]) -> list[tuple[Any, str]]:
     reasoning = body.get("reasoning")
     nested = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    return [(body.get("reasoning_effort"), "reasoning_effort"), (nested, "reasoning.effort")]
+    output = body.get("output_config")
+    anthropic = output.get("effort") if isinstance(output, dict) else None
+    return [
+        (body.get("reasoning_effort"), "reasoning_effort"),
+        (nested, "reasoning.effort"),
+        (anthropic, "output_config.effort"),
+    ]
 
 
 def _level(value: Any, param: str, where: str, *, openai: bool = False) -> str:

@@ -75,12 +75,32 @@ def _options(body: dict[str, Any], chat: dict[str, Any]) -> None:
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], chat)
+    if (response_format := _output_format(body.get("output_config"))) is not None:
+        chat["response_format"] = response_format
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise MessagesInputError("Input should be a boolean", "stream")
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
+
+
+def _output_format(config: Any) -> dict[str, Any] | None:
+    """``output_config.format`` (structured outputs) as chat's ``response_format``."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise MessagesInputError("Input should be an object", "output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise MessagesInputError(
+            "Input should be {type: json_schema, schema}", "output_config.format"
+        )
+    if not isinstance(fmt.get("schema"), dict):
+        raise MessagesInputError("Field required (an object)", "output_config.format.schema")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
 def _stops_and_user(body: dict[str, Any], chat: dict[str, Any]) -> None:
