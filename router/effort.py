@@ -2,9 +2,9 @@
 
 Precedence: the ``X-DI-Effort`` header > the ``?effort=`` query parameter > the body's
 ``reasoning_effort`` (Chat), ``reasoning.effort`` (Responses) or ``output_config.effort``
-(Messages) > Anthropic's ``thinking.budget_tokens``. Effort tunes the chosen request type (``code@high`` routes); it
-never picks the type. Levels: fast, minimal, low, medium, high, xhigh, max, auto; ``auto``
-means "the router's default" and is never forwarded.
+(Messages) > Anthropic's ``thinking.budget_tokens``. Effort tunes the chosen request type
+(``code@high`` routes); it never picks the type. Levels: fast, minimal, low, medium, high,
+xhigh, max, auto; ``auto`` means "the router's default" and is never forwarded.
 
 Thinking budgets map onto levels by size (Anthropic's minimum budget is 1024 tokens):
 

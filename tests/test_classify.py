@@ -1,4 +1,7 @@
-"""Classification rules and every precedence pair (document > vision > long > code > json > text)."""
+"""Classification rules and every precedence pair.
+
+document > vision > long > code > json > text; document and long only when routed.
+"""
 
 from __future__ import annotations
 

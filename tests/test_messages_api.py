@@ -13,7 +13,7 @@ import pytest
 
 from router.config import RouterConfig
 
-from .conftest import Fake, Stack, with_replicas
+from .conftest import Stack
 
 TOOLS: Any = [
     {
@@ -27,7 +27,10 @@ TOOLS: Any = [
     }
 ]
 # A 1x1 PNG.
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kg"
+    "AAAABJRU5ErkJggg=="
+)
 USER: Any = [{"role": "user", "content": "Name three uses for a paperclip."}]
 
 
@@ -140,7 +143,7 @@ def test_tools_round_trip(client: anthropic.Anthropic) -> None:
         tools=TOOLS,
         messages=[
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+            {"role": "assistant", "content": first.content},
             {
                 "role": "user",
                 "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "21 C"}],
@@ -163,7 +166,7 @@ def test_forced_tool_choice_and_streamed_tool_input(client: anthropic.Anthropic)
         final = stream.get_final_message()
     assert "input_json" in kinds
     call = final.content[-1]
-    assert call.type == "tool_use" and "city" in call.input  # type: ignore[operator]
+    assert call.type == "tool_use" and "city" in call.input
     assert final.stop_reason == "tool_use"
 
 
@@ -237,22 +240,19 @@ def test_cache_read_reported_in_the_stream_too(client: anthropic.Anthropic) -> N
 def test_a_conversation_keeps_its_replica_across_surfaces(stack: Stack) -> None:
     """The same prefix sent through chat then Messages keys the same: a hit on the same replica."""
     text = long_system("cross")
-    marker = {"type": "ephemeral"}
+    marker: Any = {"type": "ephemeral"}
+    system: Any = {
+        "role": "system",
+        "content": [{"type": "text", "text": text, "cache_control": marker}],
+    }
     chat = stack.client().chat.completions.with_raw_response.create(
-        model="m",
-        messages=[
-            {
-                "role": "system",
-                "content": [{"type": "text", "text": text, "cache_control": marker}],
-            },  # type: ignore[list-item]
-            {"role": "user", "content": "hi"},
-        ],
+        model="m", messages=[system, {"role": "user", "content": "hi"}]
     )
     with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client:
         message = client.messages.with_raw_response.create(
             model="m",
             max_tokens=4,
-            system=[{"type": "text", "text": text, "cache_control": marker}],  # type: ignore[list-item]
+            system=[{"type": "text", "text": text, "cache_control": marker}],
             messages=[{"role": "user", "content": "hello"}],
         )
     assert chat.headers["X-DI-Cache"] == "miss"
@@ -277,9 +277,11 @@ def test_x_api_key_and_anthropic_version_are_accepted(make_stack: Any) -> None:
     stack = make_stack(edit=keyed)
     with anthropic.Anthropic(base_url=base(stack), api_key="sk-right", max_retries=0) as good:
         assert good.messages.create(model="m", max_tokens=3, messages=USER).content
-    with anthropic.Anthropic(base_url=base(stack), api_key="sk-wrong", max_retries=0) as bad:
-        with pytest.raises(anthropic.AuthenticationError) as caught:
-            bad.messages.create(model="m", max_tokens=3, messages=USER)
+    with (
+        anthropic.Anthropic(base_url=base(stack), api_key="sk-wrong", max_retries=0) as bad,
+        pytest.raises(anthropic.AuthenticationError) as caught,
+    ):
+        bad.messages.create(model="m", max_tokens=3, messages=USER)
     assert caught.value.status_code == 401
     assert caught.value.body == {
         "type": "error",

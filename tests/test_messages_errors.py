@@ -162,11 +162,13 @@ def test_body_over_the_limit_is_413_request_too_large(make_stack: Any) -> None:
         return config.model_copy(update={"server": server})
 
     stack = make_stack(edit=small)
-    with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client:
-        with pytest.raises(anthropic.APIStatusError) as caught:
-            client.messages.create(
-                model="m", max_tokens=5, messages=[{"role": "user", "content": "x" * 10_000}]
-            )
+    with (
+        anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as caught,
+    ):
+        client.messages.create(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x" * 10_000}]
+        )
     assert caught.value.status_code == 413
     assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
@@ -187,9 +189,11 @@ def test_upstream_errors_map_to_anthropic_types(
     fake_upstream.upstream.status = status
     fake_upstream.upstream.error_headers = {"Retry-After": "7"} if status == 429 else {}
     stack = make_stack(edit=lambda c: with_replicas(c, "sim-text", [fake_upstream.url]))
-    with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client:
-        with pytest.raises(exception) as caught:
-            client.messages.create(model="m", max_tokens=5, messages=USER)
+    with (
+        anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client,
+        pytest.raises(exception) as caught,
+    ):
+        client.messages.create(model="m", max_tokens=5, messages=USER)
     error: Any = caught.value
     assert error.status_code == status
     assert error.body == {
@@ -203,9 +207,11 @@ def test_upstream_errors_map_to_anthropic_types(
 def test_unreachable_upstream_is_502_api_error(make_stack: Any) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     stack = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead]))
-    with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client:
-        with pytest.raises(anthropic.InternalServerError) as caught:
-            client.messages.create(model="m", max_tokens=5, messages=USER)
+    with (
+        anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client,
+        pytest.raises(anthropic.InternalServerError) as caught,
+    ):
+        client.messages.create(model="m", max_tokens=5, messages=USER)
     assert caught.value.status_code == 502
     assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "127.0.0.1" not in str(caught.value.body)
