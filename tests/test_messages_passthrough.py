@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
+import pytest
 
 from router.config import RouterConfig
+from router.handlers.messages import messages_stream_end
 
 from .conftest import Fake, Stack, with_replicas
 
@@ -110,3 +112,18 @@ def test_chat_requests_to_the_same_pool_still_use_chat(
     )
     assert answer.choices[0].message.content == "ok"
     assert fake_upstream.upstream.received[-1].path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("event", "ends"),
+    [
+        (b'event: message_stop\ndata: {"type":"message_stop"}', True),
+        (b'event:message_stop\ndata: {"type":"message_stop"}', True),
+        (b'event: error\ndata: {"type":"error","error":{}}', True),
+        (b'data: {"type":"message_stop"}', True),
+        (b'event: content_block_delta\ndata: {"delta":{"text":"message_stop"}}', False),
+        (b'event: message_delta\ndata: {"type":"message_delta"}', False),
+    ],
+)
+def test_messages_stream_end(event: bytes, ends: bool) -> None:
+    assert messages_stream_end(event) is ends

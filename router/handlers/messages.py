@@ -72,8 +72,11 @@ def _to_chat(body: dict[str, Any], *, require_max_tokens: bool) -> dict[str, Any
 
 def messages_stream_end(event: bytes) -> bool:
     """A Messages stream ends with ``message_stop``, or with an ``error`` event."""
-    head = event[:64]
-    return b"message_stop" in head or head.startswith(b"event: error")
+    kind = event.partition(b"\n")[0] if event.startswith(b"event:") else b""
+    if kind:
+        return kind[6:].strip() in (b"message_stop", b"error")
+    # A server that sends data lines only: the type is the data's first key.
+    return event.startswith((b'data: {"type":"message_stop"', b'data: {"type": "message_stop"'))
 
 
 async def _via_messages_backend(
