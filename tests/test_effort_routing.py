@@ -279,3 +279,23 @@ def test_without_routes_the_four_types_are_unchanged(stack: Stack) -> None:
     assert headers_of(stack, messages=with_image)["X-DI-Request-Type"] == "vision"
     huge: Any = [{"role": "user", "content": "word " * 100_000}]
     assert headers_of(stack, messages=huge)["X-DI-Request-Type"] == "text"
+
+
+def test_effort_reaches_a_responses_backend_as_reasoning_effort(
+    make_stack: Any, fake_upstream: Fake
+) -> None:
+    stack = make_stack(
+        edit=lambda c: with_replicas(
+            c, "sim-text", [fake_upstream.url], api="responses", reasoning_effort=True
+        )
+    )
+    raw = stack.client().responses.with_raw_response.create(
+        model="m",
+        input="hi",
+        reasoning={"effort": "low", "summary": "auto"},
+        extra_headers={"X-DI-Effort": "xhigh"},
+    )
+    assert raw.headers["X-DI-Effort"] == "xhigh"
+    sent = fake_upstream.upstream.received[-1]
+    assert sent.path == "/v1/responses"
+    assert sent.body["reasoning"] == {"effort": "high", "summary": "auto"}

@@ -50,6 +50,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     chat = _to_chat(body, require_max_tokens=True)
     ctx.effort = effort.resolve(request.headers, request.query, body)
     plan = request.app[DISPATCHER].plan(chat, ctx)
+    # metrics: requests by effort level (ctx.effort), as the middleware counts them by type.
     if plan.backend.api == "messages":
         return await _via_messages_backend(request, ctx, body, raw, plan)
     return await _via_chat_backend(request, ctx, body, chat, plan)
