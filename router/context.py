@@ -20,6 +20,7 @@ EXPOSED_HEADERS = (
     "X-DI-Effort",
     "X-Request-Id",
     "Server-Timing",
+    "request-id",
 )
 
 
@@ -53,6 +54,8 @@ class RequestContext:
     def headers(self) -> dict[str, str]:
         """The response headers for what is known so far (errors carry them too)."""
         headers = {**self.base_headers, "X-Request-Id": self.request_id}
+        if self.surface == "anthropic":
+            headers["request-id"] = self.request_id  # where Anthropic's SDKs read it
         if self.request_type is not None:
             headers["X-DI-Request-Type"] = self.request_type
         if self.backend is not None:

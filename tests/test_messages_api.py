@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,8 +56,9 @@ def test_create_answers_a_message_with_headers(client: anthropic.Anthropic) -> N
     assert raw.headers["X-DI-Request-Type"] == "text"
     assert raw.headers["X-DI-Backend"] == "sim-text"
     assert raw.headers["X-DI-Replica"].startswith("sim-text")
-    assert raw.headers["X-Request-Id"]
+    assert raw.headers["X-Request-Id"] == raw.headers["request-id"]
     message = raw.parse()
+    assert message._request_id == raw.headers["X-Request-Id"]
     assert message.model == "claude-sonnet-4-5"
     assert message.role == "assistant" and message.type == "message"
     assert message.id.startswith("msg_")
@@ -304,3 +306,23 @@ def anthropic_key() -> Any:
     from pydantic import SecretStr
 
     return SecretStr("sk-right")
+
+
+def test_structured_output_routes_to_json(client: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    raw = client.messages.with_raw_response.create(
+        model="m",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Ada is 36."}],
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
+    assert raw.headers["X-DI-Request-Type"] == "json"
+    block = raw.parse().content[0]
+    assert block.type == "text"
+    document = json.loads(block.text)
+    assert isinstance(document["name"], str) and isinstance(document["age"], int)
