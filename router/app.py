@@ -25,10 +25,9 @@ from router.errors import (
     NotFound,
     PayloadTooLarge,
     RouterError,
-    error_envelope,
 )
 from router.governance import base_headers, tenancy_ctx, tenancy_middleware
-from router.handlers import chat, completions, meta, responses, stored_chat
+from router.handlers import chat, completions, messages, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
@@ -49,6 +48,8 @@ from router.upstream import new_session
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Paths of Anthropic's API: their errors use its envelope.
+_ANTHROPIC_PATHS = ("/v1/messages",)
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
@@ -92,6 +93,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_delete(response, responses.delete_response)
     app.router.add_post(response + "/cancel", responses.cancel_response)
     app.router.add_get(response + "/input_items", responses.list_input_items)
+    app.router.add_post("/v1/messages", messages.create_message)
+    app.router.add_post("/v1/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
@@ -160,6 +163,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
     ctx = RequestContext.start(request_id, base_headers(request, request.app[BASE_HEADERS]))
+    if request.path.startswith(_ANTHROPIC_PATHS):
+        ctx.surface = "anthropic"
     request[CONTEXT] = ctx
     try:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -182,13 +187,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         if ctx.stream is not None:
             message = f"The router failed mid-stream (request id {ctx.request_id})."
             return await _fail_in_stream(request, ctx, message)
-        response = web.json_response(
-            error_envelope(
-                f"The router failed on this request (request id {ctx.request_id}).",
-                "server_error",
-            ),
-            status=500,
-        )
+        failure = RouterError(f"The router failed on this request (request id {ctx.request_id}).")
+        response = _error_response(failure, ctx)
     if not response.prepared:
         response.headers.update(ctx.headers)
     _account(request, ctx, response)
@@ -232,7 +232,7 @@ def _from_http(exc: web.HTTPException) -> RouterError:
 
 def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
     response = web.Response(
-        body=exc.body(), status=exc.http_status, content_type="application/json"
+        body=exc.render(ctx.surface), status=exc.http_status, content_type="application/json"
     )
     response.headers.update(exc.headers)
     if exc.http_status >= 500:

@@ -1,8 +1,10 @@
 """Request classification: which backend pool a chat request belongs to.
 
-Precedence is vision > code > json > text. An image is the hardest requirement (a text-only
-model cannot serve it at all), a tool loop needs a model good at calling functions, a JSON
-format only needs constrained decoding, which every pool can do.
+Precedence is document > vision > long > code > json > text. A file or an image is the hardest
+requirement (a text-only model cannot serve it at all), an input beyond a standard context window
+needs a long-context model whatever else it asks, a tool loop needs a model good at calling
+functions, a JSON format only needs constrained decoding, which every pool can do. ``document``
+and ``long`` exist only when routed: without them the four-type rules are unchanged.
 """
 
 from __future__ import annotations
@@ -10,23 +12,40 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
+# Chat ``file`` parts, Responses ``input_file`` and Anthropic ``document`` blocks.
+DOCUMENT_PART_TYPES = frozenset({"file", "input_file", "document"})
 TOOL_ROLES = frozenset({"tool", "function"})
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
+BYTES_PER_TOKEN = 4  # the estimate prefix.py uses too; the router has no tokenizer
 
 
 class RequestType(StrEnum):
+    DOCUMENT = "document"
     VISION = "vision"
+    LONG = "long"
     CODE = "code"
     JSON = "json"
     TEXT = "text"
 
 
-def classify(body: dict[str, Any]) -> RequestType:
-    """Classify a (validated) Chat Completions body."""
+def classify(
+    body: dict[str, Any], *, documents: bool = False, long_threshold: int | None = None
+) -> RequestType:
+    """Classify a (validated) Chat Completions body.
+
+    ``documents`` enables the ``document`` type; ``long_threshold`` (estimated input tokens)
+    enables ``long``.
+    """
     messages = body.get("messages") or ()
-    if any(_has_image(m) for m in messages):
+    if documents and any(_has_part(m, DOCUMENT_PART_TYPES) for m in messages):
+        return RequestType.DOCUMENT
+    if any(_has_part(m, IMAGE_PART_TYPES) for m in messages):
         return RequestType.VISION
+    if long_threshold is not None and estimate_input_tokens(body) > long_threshold:
+        return RequestType.LONG
     if _uses_tools(body) or any(_is_tool_turn(m) for m in messages):
         return RequestType.CODE
     response_format = body.get("response_format")
@@ -35,11 +54,38 @@ def classify(body: dict[str, Any]) -> RequestType:
     return RequestType.TEXT
 
 
-def _has_image(message: Any) -> bool:
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """About how many tokens the prompt's text holds: its characters over four.
+
+    Text content, tool calls and tool definitions count; images and files do not (their bytes
+    say nothing about their tokens, and those types outrank ``long`` anyway).
+    """
+    size = 0
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        size += len(orjson.dumps(tools))
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    size += len(part["text"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                size += len(str(function.get("arguments") or ""))
+    return size // BYTES_PER_TOKEN
+
+
+def _has_part(message: Any, kinds: frozenset[str]) -> bool:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
         return False
-    return any(isinstance(p, dict) and p.get("type") in IMAGE_PART_TYPES for p in content)
+    return any(isinstance(p, dict) and p.get("type") in kinds for p in content)
 
 
 def _uses_tools(body: dict[str, Any]) -> bool:

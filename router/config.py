@@ -26,6 +26,21 @@ from pydantic import (
 )
 
 REQUEST_TYPES: tuple[str, ...] = ("text", "code", "json", "vision")
+# Types that exist only when routed (``routes.document``, ``routes.long``).
+OPTIONAL_TYPES: tuple[str, ...] = ("document", "long")
+# Request effort levels (X-DI-Effort, ?effort=, reasoning_effort); see router/effort.py.
+EFFORT_LEVELS: tuple[str, ...] = (
+    "fast",
+    "minimal",
+    "low",
+    "medium",
+    "high",
+    "xhigh",
+    "max",
+    "auto",
+)
+# OpenAI's reasoning_effort scale, lowest first; backends name the values they accept.
+REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -84,13 +99,27 @@ class BackendConfig(_Frozen):
     replicas: list[ReplicaConfig] = Field(min_length=1)
     model: str | None = None
     api_key: Secret | None = None
-    api: Literal["chat", "responses"] = "chat"
+    api: Literal["chat", "responses", "messages"] = "chat"
     timeout: TimeoutConfig = TimeoutConfig()
     forward_cache_control: bool = False
     prompt_cache_key: bool = False
     # Send vLLM's ``cache_salt`` derived from the tenant, so tenants never share KV blocks.
     cache_salt: bool = False
     cache: BackendCacheConfig = BackendCacheConfig()
+    # Whether the backend takes OpenAI's ``reasoning_effort``: ``true`` for low/medium/high
+    # (what OpenAI, vLLM and SGLang all accept), or the list of values it accepts.
+    reasoning_effort: bool | list[Literal["none", "minimal", "low", "medium", "high", "xhigh"]] = (
+        False
+    )
+
+    @property
+    def reasoning_efforts(self) -> tuple[str, ...]:
+        """The ``reasoning_effort`` values this backend accepts (empty: send none)."""
+        if self.reasoning_effort is True:
+            return ("low", "medium", "high")
+        if self.reasoning_effort is False:
+            return ()
+        return tuple(v for v in REASONING_EFFORTS if v in self.reasoning_effort)
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendConfig:
@@ -100,16 +129,86 @@ class BackendConfig(_Frozen):
         return self
 
 
-class RoutesConfig(_Frozen):
-    text: str
-    code: str
-    json_: str = Field(alias="json")
-    vision: str
+RouteTarget = str | list[str]
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+class RoutesConfig(_Frozen):
+    """Backend pool(s) per request type, and optionally per ``<type>@<effort>``.
+
+    A value is a backend name or a list of them (the first serves; the rest are fallbacks).
+    ``document`` and ``long`` are optional: a type that is not routed is never chosen.
+    """
+
+    text: RouteTarget
+    code: RouteTarget
+    json_: RouteTarget = Field(alias="json")
+    vision: RouteTarget
+    document: RouteTarget | None = None
+    long: RouteTarget | None = None
+
+    # Extra keys are the ``<type>@<effort>`` routes, checked below.
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _effort_routes(self) -> RoutesConfig:
+        for key, value in (self.model_extra or {}).items():
+            request_type, at, effort = key.partition("@")
+            if not at or request_type not in REQUEST_TYPES + OPTIONAL_TYPES:
+                raise ValueError(
+                    f"unknown route {key!r}: keys are request types "
+                    f"({', '.join(REQUEST_TYPES + OPTIONAL_TYPES)}) or <type>@<effort>"
+                )
+            if effort not in EFFORT_LEVELS:
+                raise ValueError(
+                    f"route {key!r}: unknown effort {effort!r} (use {', '.join(EFFORT_LEVELS)})"
+                )
+            if not _is_target(value):
+                raise ValueError(f"route {key!r} must name a backend or a list of backends")
+        return self
+
+    def _target(self, key: str) -> RouteTarget | None:
+        if key == "json":
+            return self.json_
+        if key in type(self).model_fields:
+            value: RouteTarget | None = getattr(self, key)
+            return value
+        extra = (self.model_extra or {}).get(key)
+        return extra if _is_target(extra) else None
+
+    def pools_for(self, request_type: str, effort: str | None = None) -> list[str]:
+        """The backend names for a type (and effort), first = primary; [] when not routed.
+
+        ``<type>@<effort>`` wins when configured, else the type's own route.
+        """
+        target = self._target(f"{request_type}@{effort}") if effort else None
+        if target is None:
+            target = self._target(request_type)
+        if target is None:
+            return []
+        return [target] if isinstance(target, str) else list(target)
+
+    def routed(self) -> dict[str, list[str]]:
+        """Every configured route key and its backends, in a stable order."""
+        keys = [t for t in REQUEST_TYPES + OPTIONAL_TYPES if self._target(t) is not None]
+        keys += sorted(self.model_extra or {})
+        out = {}
+        for key in keys:
+            target = self._target(key)
+            if target is not None:
+                out[key] = [target] if isinstance(target, str) else list(target)
+        return out
+
+    def enabled(self, request_type: str) -> bool:
+        return self._target(request_type) is not None
 
     def backend_for(self, request_type: str) -> str:
-        return self.json_ if request_type == "json" else str(getattr(self, request_type))
+        return self.pools_for(request_type)[0]
+
+
+def _is_target(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
 
 
 TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -194,6 +293,11 @@ class ObjectsConfig(_Frozen):
     memory_max_objects: int = Field(default=10_000, gt=0)
 
 
+class ClassifyConfig(_Frozen):
+    # A request whose estimated input exceeds this many tokens is ``long`` (when routed).
+    long_threshold: int = Field(default=100_000, gt=0)
+
+
 class UpstreamPoolConfig(_Frozen):
     connection_limit: int = Field(default=1024, gt=0)
     connection_limit_per_host: int = Field(default=256, gt=0)
@@ -207,6 +311,7 @@ class RouterConfig(_Frozen):
     cache: CacheConfig = CacheConfig()
     objects: ObjectsConfig = ObjectsConfig()
     upstream: UpstreamPoolConfig = UpstreamPoolConfig()
+    classify: ClassifyConfig = ClassifyConfig()
 
     @model_validator(mode="after")
     def _routes_name_backends(self) -> RouterConfig:
@@ -216,17 +321,17 @@ class RouterConfig(_Frozen):
         replica_ids = [r.id for b in self.backends for r in b.replicas]
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
-        for request_type in REQUEST_TYPES:
-            target = self.routes.backend_for(request_type)
-            if target not in names:
-                raise ValueError(
-                    f"routes.{request_type} names backend {target!r}, which is not defined "
-                    f"(defined: {', '.join(names)})"
-                )
+        for key, targets in self.routes.routed().items():
+            for target in targets:
+                if target not in names:
+                    raise ValueError(
+                        f"routes.{key} names backend {target!r}, which is not defined "
+                        f"(defined: {', '.join(names)})"
+                    )
         if self.server.redis_keys and not (self.objects.redis_url or self.cache.redis_url):
             raise ValueError("server.redis_keys needs objects.redis_url or cache.redis_url")
-        for i, key in enumerate(self.server.api_keys):
-            unknown = set(key.allowed_backends or ()) - set(names)
+        for i, entry in enumerate(self.server.api_keys):
+            unknown = set(entry.allowed_backends or ()) - set(names)
             if unknown:
                 raise ValueError(
                     f"server.api_keys[{i}].allowed_backends names unknown backends "
@@ -238,7 +343,7 @@ class RouterConfig(_Frozen):
         return next(b for b in self.backends if b.name == name)
 
     def routing_table(self) -> dict[str, BackendConfig]:
-        return {t: self.backend(self.routes.backend_for(t)) for t in REQUEST_TYPES}
+        return {key: self.backend(names[0]) for key, names in self.routes.routed().items()}
 
 
 class ConfigError(Exception):

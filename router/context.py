@@ -17,6 +17,7 @@ EXPOSED_HEADERS = (
     "X-DI-Backend",
     "X-DI-Replica",
     "X-DI-Cache",
+    "X-DI-Effort",
     "X-Request-Id",
     "Server-Timing",
     "X-DI-Tenant",
@@ -29,6 +30,7 @@ EXPOSED_HEADERS = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
     "Retry-After",
+    "request-id",
 )
 
 
@@ -41,6 +43,9 @@ class RequestContext:
     backend: str | None = None  # the pool that serves (or was meant to serve) the request
     replica: str | None = None  # the replica id the request was sent to
     cache: str | None = None  # hit | miss | none | bypass
+    effort: str | None = None  # the effort level applied (router/effort.py), if any was asked
+    # Which API family the path belongs to: its errors use that family's envelope.
+    surface: str = "openai"  # openai | anthropic
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
     # The key's holder; None when no keys are configured (one anonymous tenant).
@@ -71,6 +76,8 @@ class RequestContext:
     def headers(self) -> dict[str, str]:
         """The response headers for what is known so far (errors carry them too)."""
         headers = {**self.base_headers, "X-Request-Id": self.request_id}
+        if self.surface == "anthropic":
+            headers["request-id"] = self.request_id  # where Anthropic's SDKs read it
         if self.request_type is not None:
             headers["X-DI-Request-Type"] = self.request_type
         if self.backend is not None:
@@ -79,6 +86,8 @@ class RequestContext:
             headers["X-DI-Replica"] = self.replica
         if self.cache is not None:
             headers["X-DI-Cache"] = self.cache
+        if self.effort is not None:
+            headers["X-DI-Effort"] = self.effort
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
         if self.tenant is not None:

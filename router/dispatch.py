@@ -21,6 +21,7 @@ from router.balancer import Balancer, Pool, Replica
 from router.classify import RequestType, classify
 from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
+from router.effort import backend_value
 from router.prefix import Breakpoint, find_breakpoints, strip_cache_control
 from router.store import PrefixHit, PrefixStore, StoreUnavailable
 from router.tenants import cache_salt, cache_scope, check_route, scoped_namespace
@@ -38,6 +39,7 @@ class Plan:
     breakpoints: list[Breakpoint]  # shortest first; only those long enough to be cached
     marked: bool  # the body carries cache_control markers (to strip before forwarding)
     cache_salt: str | None = None  # vLLM's cache_salt for the tenant (tenants.cache_salt)
+    effort: str | None = None  # the request's effort level, for the backend's reasoning_effort
 
     @property
     def backend(self) -> BackendConfig:
@@ -65,7 +67,9 @@ class Dispatcher:
         self._balancer = balancer
         self._store = store
         self._session = session
-        self._routes = {t: balancer.pools[config.routes.backend_for(t)] for t in RequestType}
+        routes = config.routes
+        self._documents = routes.enabled("document")
+        self._long = config.classify.long_threshold if routes.enabled("long") else None
         self._affinity = config.routing.policy == "prefix_affinity"
 
     def plan(
@@ -76,21 +80,29 @@ class Dispatcher:
         ``raw``, the body's bytes when it came as is, lets most requests skip the breakpoint
         walk: without the key's bytes anywhere there can be no marker.
         """
-        request_type = classify(chat_body)
+        request_type = classify(chat_body, documents=self._documents, long_threshold=self._long)
         ctx.request_type = request_type.value
-        pool = self._routes[request_type]
+        # The pool for (type, effort): `code@high` when configured, else `code`.
+        pool = self._balancer.pools[self._config.routes.pools_for(request_type, ctx.effort)[0]]
         backend = pool.backend
         ctx.backend = backend.name
         check_route(ctx, request_type.value, backend.name)  # 403 for a key without the right
         scope = cache_scope(self._config, ctx)
         salt = cache_salt(scope) if backend.cache_salt else None
         if raw is not None and b'"cache_control"' not in raw:
-            return Plan(request_type, pool, [], marked=False, cache_salt=salt)
+            return Plan(request_type, pool, [], marked=False, cache_salt=salt, effort=ctx.effort)
         namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
         found = find_breakpoints(chat_body, scoped_namespace(namespace, scope))
         minimum = backend.cache.min_tokens
         breakpoints = [bp for bp in found if bp.tokens >= minimum] if minimum else found
-        return Plan(request_type, pool, breakpoints, marked=bool(found), cache_salt=salt)
+        return Plan(
+            request_type,
+            pool,
+            breakpoints,
+            marked=bool(found),
+            cache_salt=salt,
+            effort=ctx.effort,
+        )
 
     def payload(self, body: dict[str, Any], raw: bytes | None, plan: Plan) -> bytes:
         """The bytes to send upstream: the client's body, changed only where the backend says."""
@@ -104,6 +116,9 @@ class Dispatcher:
             changed = {**changed, "prompt_cache_key": plan.breakpoints[-1].key}
         if plan.cache_salt is not None:  # the router's, never the client's: tenants stay apart
             changed = {**changed, "cache_salt": plan.cache_salt}
+        effort = backend_value(plan.effort, backend.reasoning_efforts)
+        if effort is not None and body.get("reasoning_effort") != effort:
+            changed = {**changed, "reasoning_effort": effort}
         if changed is body and raw is not None:
             return raw
         return orjson.dumps(changed)

@@ -1,6 +1,8 @@
-"""The OpenAI error envelope and the exceptions that map to it.
+"""The error hierarchy, and its envelope on each API surface.
 
-Handlers raise; one middleware renders ``{"error": {"message", "type", "param", "code"}}``.
+Handlers raise; one middleware renders the envelope of the request's surface: OpenAI's
+``{"error": {"message", "type", "param", "code"}}``, or on ``/v1/messages`` Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` with the type Anthropic uses for the status.
 
     RouterError                      any error the router answers itself
     ├── InvalidRequest        400    the client's body or parameters are wrong
@@ -56,6 +58,12 @@ class RouterError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.envelope())
+
+    def render(self, surface: str) -> bytes:
+        """The error body in the envelope of ``surface`` (``openai`` or ``anthropic``)."""
+        if surface == "anthropic":
+            return orjson.dumps(anthropic_envelope(self.message, self.http_status))
+        return self.body()
 
 
 class InvalidRequest(RouterError):
@@ -157,3 +165,29 @@ def error_envelope(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# Anthropic's error type for each status it documents; others fall back by class (4xx, 5xx).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    if status in _ANTHROPIC_TYPES:
+        return _ANTHROPIC_TYPES[status]
+    return "invalid_request_error" if status < 500 else "api_error"
+
+
+def anthropic_envelope(message: str, status: int) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}

@@ -84,14 +84,21 @@ class KeyRing:
     def required(self) -> bool:
         return bool(self._keys) or self._redis is not None
 
-    async def authenticate(self, authorization: str) -> Tenant | None:
-        """The tenant holding the Bearer key; None when no keys are configured."""
+    async def authenticate(self, authorization: str, api_key: str = "") -> Tenant | None:
+        """The tenant holding the key; None when no keys are configured.
+
+        The key comes as ``Authorization: Bearer <key>`` (OpenAI's SDKs) or as ``x-api-key``
+        (Anthropic's SDKs), passed here as ``api_key``.
+        """
         if not self.required:
             return None
         scheme, _, token = authorization.partition(" ")
-        given = token.strip()
-        if scheme.lower() != "bearer" or not given:
-            raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        given = token.strip() if scheme.lower() == "bearer" else ""
+        given = given or api_key.strip()
+        if not given:
+            raise Unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
         digest = key_digest(given)
         found: Tenant | None = None
         for known, tenant in self._keys:  # no early exit: constant time over the key list

@@ -66,6 +66,8 @@ class FakeUpstream:
             return await self._error(request)
         if request.path.endswith("/responses"):
             return await self._responses(request, body)
+        if request.path.endswith("/messages"):
+            return await self._messages(request, body)
         if body.get("stream"):
             return await self._stream(request)
         return web.json_response(
@@ -127,6 +129,46 @@ class FakeUpstream:
                 + orjson.dumps(event)
                 + b"\n\n"
             )
+        return response
+
+    async def _messages(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """An Anthropic Messages backend: one Message, or its events (``truncated`` stops early)."""
+        usage = {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 7}
+        message: dict[str, Any] = {
+            "id": "msg_upstream",
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return web.json_response(message)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events: list[dict[str, Any]] = [
+            {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "ok"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage},
+            {"type": "message_stop"},
+        ]
+        if self.stream_style == "truncated":
+            events = events[:3]
+        for event in events:
+            kind = str(event["type"]).encode()
+            await response.write(b"event: " + kind + b"\ndata: " + orjson.dumps(event) + b"\n\n")
         return response
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:

@@ -1,4 +1,7 @@
-"""Classification rules and every precedence pair (vision > code > json > text)."""
+"""Classification rules and every precedence pair.
+
+document > vision > long > code > json > text; document and long only when routed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.classify import RequestType, classify
+from router.classify import RequestType, classify, estimate_input_tokens
 
 USER = {"role": "user", "content": "hi"}
 IMAGE = {
@@ -76,3 +79,44 @@ def test_precedence(request_body: dict[str, Any], expected: RequestType) -> None
 def test_image_in_an_earlier_turn_still_needs_vision() -> None:
     later = {"role": "assistant", "content": "a cat"}
     assert classify(body([IMAGE, later, USER])) == RequestType.VISION
+
+
+FILE = {"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}
+INPUT_FILE = {"role": "user", "content": [{"type": "input_file", "file_data": "data:x"}]}
+DOCUMENT = {"role": "user", "content": [{"type": "document", "source": {}}]}
+LONG = {"role": "user", "content": "x" * 4004}  # 1,001 estimated tokens
+
+
+@pytest.mark.parametrize(
+    ("request_body", "expected"),
+    [
+        (body([FILE]), RequestType.DOCUMENT),
+        (body([INPUT_FILE]), RequestType.DOCUMENT),
+        (body([DOCUMENT]), RequestType.DOCUMENT),
+        (body([FILE, IMAGE]), RequestType.DOCUMENT),
+        (body([FILE, LONG], tools=TOOLS), RequestType.DOCUMENT),
+        (body([IMAGE, LONG]), RequestType.VISION),
+        (body([LONG], tools=TOOLS), RequestType.LONG),
+        (body([LONG], response_format=SCHEMA), RequestType.LONG),
+        (body([USER], tools=TOOLS), RequestType.CODE),
+        (body([{"role": "user", "content": "x" * 4000}]), RequestType.TEXT),  # at, not over
+    ],
+)
+def test_six_type_precedence(request_body: dict[str, Any], expected: RequestType) -> None:
+    assert classify(request_body, documents=True, long_threshold=1000) == expected
+
+
+def test_document_and_long_only_when_enabled() -> None:
+    assert classify(body([FILE])) == RequestType.TEXT
+    assert classify(body([FILE, IMAGE])) == RequestType.VISION
+    assert classify(body([LONG], tools=TOOLS)) == RequestType.CODE
+    assert classify(body([LONG]), long_threshold=1000) == RequestType.LONG
+    assert classify(body([FILE]), long_threshold=1000) == RequestType.TEXT
+
+
+def test_long_estimate_counts_parts_tool_calls_and_tools() -> None:
+    calls = [{"id": "c", "function": {"name": "f", "arguments": "y" * 2000}}]
+    parts = {"role": "user", "content": [{"type": "text", "text": "z" * 2000}]}
+    assistant = {"role": "assistant", "content": None, "tool_calls": calls}
+    assert estimate_input_tokens(body([parts, assistant])) == 1000
+    assert estimate_input_tokens(body(tools=TOOLS)) > 10

@@ -398,8 +398,8 @@ def test_stream_asks_for_usage() -> None:
         ),
         ({"input": [{"role": "user", "content": [{"type": "audio"}]}]}, "input[0].content[0].type"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-            "input[0].content[0].type",
+            {"input": [{"role": "user", "content": [{"type": "input_file", "filename": "f"}]}]},
+            "input[0].content[0].file_data",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_text", "text": 1}]}]},

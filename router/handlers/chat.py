@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from router import effort
 from router.handlers.common import context, read_json, relay_json, relay_sse
 from router.handlers.stored_chat import StreamAssembler, save, tell_stream
 from router.keys import DISPATCHER, OBJECTS
@@ -15,6 +16,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     body, raw = await read_json(request)
     check_chat(body)
+    ctx.effort = effort.resolve(request.headers, request.query, body)
     dispatcher = request.app[DISPATCHER]
     plan = dispatcher.plan(body, ctx, raw)
     payload = dispatcher.payload(body, raw, plan)

@@ -155,7 +155,17 @@ async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestC
 async def write_error_tail(
     response: web.StreamResponse, ctx: RequestContext, message: str | None, code: str | None
 ) -> None:
-    """End a started stream with an OpenAI error event (when ``message``) and ``[DONE]``."""
+    """End a started stream with an error event (when ``message``) and ``[DONE]``.
+
+    On the Anthropic surface the event is ``event: error`` in its envelope, and there is no
+    ``[DONE]`` (Messages streams end with their last event).
+    """
+    if ctx.surface == "anthropic":
+        if message is not None:
+            log.warning("request %s: %s", ctx.request_id, message)
+            body = UpstreamError(message, code=code).render("anthropic")
+            await write_or_gone(response, b"event: error\ndata: " + body + b"\n\n", ctx)
+        return
     tail = b""
     if message is not None:
         log.warning("request %s: %s", ctx.request_id, message)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from router import effort
 from router.errors import InvalidRequest
 from router.handlers.common import context, read_json, relay_json, relay_sse
 from router.keys import DISPATCHER
@@ -18,6 +19,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     check_model(body)
     _check_prompt(body.get("prompt"))
     check_sampling(body)
+    ctx.effort = effort.resolve(request.headers, request.query, body)
     dispatcher = request.app[DISPATCHER]
     # A prompt string carries no messages, tools or formats: always the text pool.
     plan = dispatcher.plan({"model": body["model"]}, ctx)

@@ -49,7 +49,7 @@ async def ready(request: web.Request) -> web.Response:
     """200 when every routed backend has at least one replica answering ``GET /models``."""
     config = request.app[CONFIG]
     pools = request.app[BALANCER].pools
-    routed = {config.routes.backend_for(t) for t in ("text", "code", "json", "vision")}
+    routed = {name for names in config.routes.routed().values() for name in names}
     replicas = [r for name in sorted(routed) for r in pools[name].replicas]
     answers = await asyncio.gather(*(_probe(request.app, r) for r in replicas))
     backends: dict[str, dict[str, bool]] = {}

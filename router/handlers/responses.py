@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from router import effort
 from router.context import RequestContext
 from router.dispatch import Plan, Routed
 from router.errors import InvalidRequest, NotFound, UpstreamError
@@ -61,6 +62,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     check_model(body)
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    ctx.effort = effort.resolve(request.headers, request.query, body)
     objects = request.app[OBJECTS]
     history = await _history(objects, ctx, body.get("previous_response_id"))
     chat = _to_chat(body, history)
@@ -242,6 +244,13 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
         out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
     if plan.cache_salt is not None:
         out = {**out, "cache_salt": plan.cache_salt}
+    level = effort.backend_value(plan.effort, backend.reasoning_efforts)
+    if level is not None:
+        reasoning = out.get("reasoning")
+        out = {
+            **out,
+            "reasoning": {**(reasoning if isinstance(reasoning, dict) else {}), "effort": level},
+        }
     return orjson.dumps(out)
 
 

@@ -35,7 +35,9 @@ class ResponsesInputError(ValueError):
 # name for the same role.
 _CHAT_ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 _TEXT_PARTS = frozenset({"input_text", "output_text"})
-_INPUT_PARTS = _TEXT_PARTS | {"input_image"}
+_INPUT_PARTS = _TEXT_PARTS | {"input_image", "input_file"}
+# An input_file names its bytes one of these ways; chat `file` parts take the same keys.
+_FILE_KEYS = ("file_data", "file_id", "file_url", "filename")
 _ASSISTANT_PARTS = _TEXT_PARTS | {"refusal"}
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 # Responses' `original` image detail has no chat equivalent; `high` is the closest.
@@ -91,15 +93,25 @@ def _check_part(part: Any, param: str, allowed: frozenset[str]) -> None:
         raise ResponsesInputError("content parts must be objects", param)
     kind = part.get("type")
     if not _one_of(kind, allowed):
-        if kind == "input_file":
-            raise ResponsesInputError("input_file parts are not supported", f"{param}.type")
         raise ResponsesInputError(f"unsupported content part type {kind!r}", f"{param}.type")
     if kind in _TEXT_PARTS:
         _string(part, "text", param)
     elif kind == "refusal":
         _string(part, "refusal", param)
+    elif kind == "input_file":
+        _check_file(part, param)
     else:
         _check_image(part, param)
+
+
+def _check_file(part: dict[str, Any], param: str) -> None:
+    if not any(isinstance(part.get(key), str) for key in ("file_data", "file_id", "file_url")):
+        raise ResponsesInputError(
+            "input_file needs a 'file_data', 'file_id' or 'file_url' string", f"{param}.file_data"
+        )
+    for key in _FILE_KEYS:
+        if part.get(key) is not None and not isinstance(part[key], str):
+            raise ResponsesInputError(f"'{key}' must be a string", f"{param}.{key}")
 
 
 def _check_image(part: dict[str, Any], param: str) -> None:
@@ -183,6 +195,9 @@ def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "text", "text": part["text"]}
     elif kind == "refusal":
         out = {"type": "refusal", "refusal": part["refusal"]}
+    elif kind == "input_file":
+        file = {key: part[key] for key in _FILE_KEYS if part.get(key) is not None}
+        out = {"type": "file", "file": file}
     else:
         detail = _CHAT_DETAIL[part.get("detail") or "auto"]
         out = {"type": "image_url", "image_url": {"url": part["image_url"], "detail": detail}}
@@ -431,6 +446,8 @@ def _listed_part(part: dict[str, Any], assistant: bool) -> dict[str, Any]:
         if assistant:
             return objects.text_part(part["text"])
         return {"type": "input_text", "text": part["text"]}
+    if kind == "input_file":
+        return {key: part[key] for key in ("type", *_FILE_KEYS) if part.get(key) is not None}
     return {
         "type": "input_image",
         "image_url": part["image_url"],
