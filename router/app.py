@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from router import edge
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import EXPOSED_HEADERS, RequestContext
@@ -25,17 +26,22 @@ from router.errors import (
     NotFound,
     PayloadTooLarge,
     RouterError,
+    ServiceUnavailable,
     Unauthorized,
     error_envelope,
 )
 from router.handlers import chat, completions, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
+from router.lifecycle import Lifecycle
+from router.limits import BodyParser
 from router.keys import (
     BALANCER,
     BASE_HEADERS,
+    BODY_PARSER,
     CONFIG,
     CONTEXT,
     DISPATCHER,
+    LIFECYCLE,
     METRICS,
     OBJECTS,
     SESSION,
@@ -72,7 +78,10 @@ def create_app(
         app[STORE] = store
     if objects is not None:
         app[OBJECTS] = objects
-    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx])
+    app.cleanup_ctx.extend(
+        [session_ctx, store_ctx, objects_ctx, dispatcher_ctx, body_parser_ctx, lifecycle_ctx]
+    )
+    app.on_response_prepare.append(edge.hide_server_banner)
     _add_routes(app)
     return app
 
@@ -141,6 +150,17 @@ async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def body_parser_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[BODY_PARSER] = BodyParser(app[CONFIG].server.limits)
+    yield
+    app[BODY_PARSER].close()
+
+
+async def lifecycle_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LIFECYCLE] = Lifecycle()
+    yield
+
+
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
@@ -153,12 +173,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
     ctx = RequestContext.start(request_id, request.app[BASE_HEADERS])
     request[CONTEXT] = ctx
+    lifecycle = request.app[LIFECYCLE]
     try:
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = _preflight(request)
-        else:
-            _authorize(request)
-            response = await handler(request)
+        with lifecycle.track():
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                response: web.StreamResponse = _preflight(request)
+            else:
+                _authorize(request)
+                response = await handler(request)
     except RouterError as exc:
         if ctx.stream is not None:
             return await _fail_in_stream(request, ctx, exc.message)
@@ -168,8 +190,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = _error_response(_from_http(exc), ctx)
     except asyncio.CancelledError:
-        log.info("request %s: cancelled (client went away)", ctx.request_id)
-        raise
+        if not lifecycle.ending:
+            log.info("request %s: cancelled (client went away)", ctx.request_id)
+            raise
+        return await _cut_by_shutdown(request, ctx)
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
         if ctx.stream is not None:
@@ -198,12 +222,28 @@ async def _fail_in_stream(
     return ctx.stream
 
 
+async def _cut_by_shutdown(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+    """The shutdown grace is over: tell the client, in the stream or as a 503."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()  # the cancellation was ours, and is answered here
+    message = "The router is shutting down; retry the request."
+    if ctx.stream is not None:
+        return await _fail_in_stream(request, ctx, message)
+    response = _error_response(ServiceUnavailable(message, code="shutting_down"), ctx)
+    response.force_close()
+    response.headers.update(ctx.headers)
+    _account(request, ctx, response)
+    return response
+
+
 def _authorize(request: web.Request) -> None:
     keys = request.app[CONFIG].server.api_keys
     if not keys or request.path in _PUBLIC_PATHS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
+    # A header may carry any byte; aiohttp hands non-ASCII ones over as surrogate escapes.
+    given = token.strip().encode("utf-8", "surrogateescape")
     if scheme.lower() != "bearer" or not given:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
     # Compare against every key, without stopping early, so timing says nothing about the keys.
@@ -233,7 +273,7 @@ def _from_http(exc: web.HTTPException) -> RouterError:
         headers = {"Allow": allowed} if allowed else {}
         return MethodNotAllowed(f"Method not allowed here; use {allowed}.", headers=headers)
     if exc.status == 413:
-        return PayloadTooLarge("The request body is too large.")
+        return PayloadTooLarge("The request body is too large (server.max_body_size).")
     return RouterError(exc.reason, status=exc.status)
 
 
@@ -264,7 +304,7 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
             "request %s %s %s %d type=%s backend=%s replica=%s cache=%s %.1fms",
             ctx.request_id,
             request.method,
-            request.path,
+            edge.loggable(request.raw_path),
             response.status,
             *labels[1:5],
             (time.perf_counter() - ctx.started) * 1000,

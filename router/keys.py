@@ -9,6 +9,8 @@ from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import RequestContext
 from router.dispatch import Dispatcher
+from router.lifecycle import Lifecycle
+from router.limits import BodyParser
 from router.metrics import Metrics
 from router.objects import ObjectStore
 from router.store import PrefixStore
@@ -23,3 +25,5 @@ METRICS = web.AppKey("metrics", Metrics)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])
+BODY_PARSER = web.AppKey("body_parser", BodyParser)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
