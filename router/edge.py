@@ -159,7 +159,8 @@ class GuardedHandler(RequestHandler):
             text = "The router failed to handle this connection."
             envelope = error_envelope(text, "server_error", None, "server_error")
         else:
-            reason = loggable(message or (str(exc) if exc else "bad request")).splitlines()[0]
+            text = message or (str(exc) if exc else "") or "bad request"
+            reason = loggable(text.strip().splitlines()[0]).rstrip(":")
             log.info("rejected a malformed request: %s", reason[:200])
             text = f"The HTTP request could not be parsed: {reason[:200]}"
             envelope = error_envelope(text, "invalid_request_error", None, "bad_http_request")

@@ -28,6 +28,8 @@ from router.upstream import describe, iter_sse_events, model_field, read_body, r
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]"
+# Request body encodings aiohttp decodes (br only with a brotli package installed).
+_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -42,6 +44,12 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {media or 'empty'!r}."
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in _ENCODINGS:
+        # aiohttp would pass an encoding it does not know through as if it were plain.
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none."
         )
     raw = await read_body_bytes(request)
     try:
