@@ -213,11 +213,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _fail_in_stream(
-    request: web.Request, ctx: RequestContext, message: str
+    request: web.Request, ctx: RequestContext, message: str, code: str = "internal_error"
 ) -> web.StreamResponse:
     """Headers are out: the failure can only travel inside the stream."""
     assert ctx.stream is not None
-    await write_error_tail(ctx.stream, ctx, message, "internal_error")
+    await write_error_tail(ctx.stream, ctx, message, code)
     _account(request, ctx, ctx.stream)
     return ctx.stream
 
@@ -229,7 +229,7 @@ async def _cut_by_shutdown(request: web.Request, ctx: RequestContext) -> web.Str
         task.uncancel()  # the cancellation was ours, and is answered here
     message = "The router is shutting down; retry the request."
     if ctx.stream is not None:
-        return await _fail_in_stream(request, ctx, message)
+        return await _fail_in_stream(request, ctx, message, "shutting_down")
     response = _error_response(ServiceUnavailable(message, code="shutting_down"), ctx)
     response.force_close()
     response.headers.update(ctx.headers)
