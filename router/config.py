@@ -124,7 +124,7 @@ class LimitsConfig(_Frozen):
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    max_body_size: ByteSize = 16 << 20
+    max_body_size: ByteSize = 8 << 20
     api_keys: list[Secret] = Field(default_factory=list)
     cors_allow_origin: str = "*"
     limits: LimitsConfig = LimitsConfig()

@@ -177,6 +177,18 @@ def _precheck(raw: bytes, limits: Limits) -> Breach | str | None:
     return check(body, limits, hashing=b'"cache_control"' in raw)
 
 
+def _start_pool() -> ProcessPoolExecutor:
+    """The worker process, started and answering.
+
+    forkserver: a fresh, single-threaded parent for the worker, never a fork of this process
+    with its event loop and threads.
+    """
+    context = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+    pool.submit(len, b"").result()
+    return pool
+
+
 class BodyParser:
     """Parses request bodies within the limits; owns the worker process for large ones."""
 
@@ -202,12 +214,10 @@ class BodyParser:
 
     async def _precheck(self, raw: bytes) -> Breach | str | None:
         loop = asyncio.get_running_loop()
-        if self._pool is None:
-            # forkserver: a fresh, single-threaded parent for the worker, never a fork of this
-            # process with its event loop and threads.
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
         try:
+            if self._pool is None:
+                # Starting the worker blocks on its start-up: do it on a thread, not the loop.
+                self._pool = await loop.run_in_executor(None, _start_pool)
             return await loop.run_in_executor(self._pool, _precheck, raw, self.limits)
         except BrokenProcessPool:
             # The worker died (out of memory, killed): this body is what it could not take.
