@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import statistics
@@ -130,20 +131,16 @@ def _cpu(proc: psutil.Process) -> float:
     """User+system seconds of the router and its worker processes."""
     total = 0.0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
     return total
 
 
 def _rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 

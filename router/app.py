@@ -32,8 +32,6 @@ from router.errors import (
 )
 from router.handlers import chat, completions, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
-from router.lifecycle import Lifecycle
-from router.limits import BodyParser
 from router.keys import (
     BALANCER,
     BASE_HEADERS,
@@ -47,6 +45,8 @@ from router.keys import (
     SESSION,
     STORE,
 )
+from router.lifecycle import Lifecycle
+from router.limits import BodyParser
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore

@@ -15,9 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from router.app import create_app
-from router.edge import make_runner
-from router.keys import LIFECYCLE
-from router.lifecycle import drain
 from router.config import (
     REQUEST_TYPES,
     CacheConfig,
@@ -26,6 +23,9 @@ from router.config import (
     embedded_config,
     load_config,
 )
+from router.edge import make_runner
+from router.keys import LIFECYCLE
+from router.lifecycle import drain
 
 log = logging.getLogger("router")
 

@@ -80,6 +80,9 @@ class GuardedHandler(RequestHandler):
         self._guard = manager
         self._header_deadline: asyncio.TimerHandle | None = None
         self._seen_requests = 0
+        # From a request's complete headers until its response is done: bytes arriving then
+        # are its body, not the start of a new request.
+        self._open_requests = 0
 
     @property
     def awaiting_request(self) -> bool:
@@ -97,12 +100,19 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and self.awaiting_request and data:
+        if self._header_deadline is None and not self._open_requests and data:
             self._arm()  # the first byte of a new request on a kept-alive connection
         super().data_received(data)
         if self._request_count != self._seen_requests:
+            self._open_requests += self._request_count - self._seen_requests
             self._seen_requests = self._request_count
             self._disarm()  # a whole request line and headers arrived
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._open_requests -= 1
 
     def _arm(self) -> None:
         self._disarm()
@@ -117,15 +127,14 @@ class GuardedHandler(RequestHandler):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
-        if not self.awaiting_request or self.transport is None:
+        if self._open_requests or not self.awaiting_request or self.transport is None:
             return
         timeout = self._guard.config.header_timeout
         self.reject(
             raw_error(
                 408,
                 "Request Timeout",
-                f"The request headers did not arrive within {timeout:g} s "
-                "(server.header_timeout).",
+                f"The request headers did not arrive within {timeout:g} s (server.header_timeout).",
                 "request_timeout",
             )
         )
@@ -192,10 +201,13 @@ class GuardedServer(web.Server):
             return True
         # Evict the oldest connection with nothing in progress (dicts keep insertion order).
         for other in self.connections:
-            if other is not handler and isinstance(other, GuardedHandler):
-                if other.awaiting_request:
-                    other.evict()
-                    return True
+            if (
+                other is not handler
+                and isinstance(other, GuardedHandler)
+                and other.awaiting_request
+            ):
+                other.evict()
+                return True
         self.rejected += 1
         handler.reject(
             raw_error(

@@ -56,10 +56,10 @@ class Lifecycle:
     def in_progress(self) -> int:
         return len(self._active)
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True when no request is in progress, within ``timeout`` seconds."""
+    async def wait_idle(self, seconds: float) -> bool:
+        """True when no request is in progress, within ``seconds``."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await self._idle.wait()
         except TimeoutError:
             return False

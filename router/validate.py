@@ -56,7 +56,9 @@ def check_cache_markers(body: dict[str, Any]) -> None:
         content = message.get("content")
         for j, part in enumerate(content if isinstance(content, list) else ()):
             if isinstance(part, dict):
-                _check_marker(part.get("cache_control"), f"messages[{i}].content[{j}].cache_control")
+                _check_marker(
+                    part.get("cache_control"), f"messages[{i}].content[{j}].cache_control"
+                )
 
 
 def _check_marker(marker: Any, where: str) -> None:
@@ -76,7 +78,7 @@ def _check_response_format(response_format: Any) -> None:
         return
     if not isinstance(response_format, dict):
         raise InvalidRequest(
-            "'response_format' must be an object such as {\"type\": \"json_object\"}.",
+            '\'response_format\' must be an object such as {"type": "json_object"}.',
             param="response_format",
         )
     if not isinstance(response_format.get("type"), str):

@@ -122,8 +122,7 @@ async def test_over_the_cap_with_every_connection_busy_is_503(make_stack: Any) -
                 return r.status
 
         held = [asyncio.create_task(hold()) for _ in range(2)]
-        while sum(s["in_flight"] for s in live.sim_stats("sim-text").values()) < 2:
-            await asyncio.sleep(0.02)  # poll: both requests reached the upstream
+        await until_in_flight(live, 2)
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(live))
         status, body = await read_answer(reader)
         writer.close()
@@ -135,6 +134,15 @@ async def test_over_the_cap_with_every_connection_busy_is_503(make_stack: Any) -
         await asyncio.gather(*held, return_exceptions=True)
 
 
+async def until_in_flight(live: Stack, count: int) -> None:
+    """Poll the simulators until ``count`` requests reached them (bounded)."""
+    for _ in range(500):
+        if sum(s["in_flight"] for s in live.sim_stats("sim-text").values()) >= count:
+            return
+        await asyncio.sleep(0.01)  # a poll interval, not a wait for the state itself
+    raise AssertionError(f"{count} requests never reached the upstream")
+
+
 def test_the_cap_fits_the_open_file_limit() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert connection_cap(10) == 10
@@ -142,7 +150,9 @@ def test_the_cap_fits_the_open_file_limit() -> None:
 
 
 def test_loggable_escapes_control_characters() -> None:
-    assert loggable("/v1/x\n2026 INFO forged\r\x1b[31m") == "/v1/x\\x0a2026 INFO forged\\x0d\\x1b[31m"
+    assert (
+        loggable("/v1/x\n2026 INFO forged\r\x1b[31m") == "/v1/x\\x0a2026 INFO forged\\x0d\\x1b[31m"
+    )
 
 
 @contextlib.contextmanager

@@ -104,11 +104,11 @@ def request_bytes(case: dict[str, Any]) -> bytes:
     return _bytes(head + "\r\n") + body
 
 
-async def send_raw(stack: Stack, data: bytes, timeout: float = 20) -> Answer:
+async def send_raw(stack: Stack, data: bytes, seconds: float = 20) -> Answer:
     port = int(stack.base_url.rsplit(":", 1)[1].split("/", 1)[0])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             writer.write(data)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
