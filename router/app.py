@@ -283,7 +283,9 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
     )
     response.headers.update(exc.headers)
     if exc.http_status >= 500:
-        log.warning("request %s: %s %s", ctx.request_id, exc.http_status, exc.message)
+        log.warning(
+            "request %s: %s %s", ctx.request_id, exc.http_status, edge.loggable(exc.message)
+        )
     return response
 
 

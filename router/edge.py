@@ -130,6 +130,7 @@ class GuardedHandler(RequestHandler):
         if self._open_requests or not self.awaiting_request or self.transport is None:
             return
         timeout = self._guard.config.header_timeout
+        # metrics: connections closed for slow headers
         self.reject(
             raw_error(
                 408,
@@ -208,7 +209,7 @@ class GuardedServer(web.Server):
             ):
                 other.evict()
                 return True
-        self.rejected += 1
+        self.rejected += 1  # metrics: connections refused at the cap
         handler.reject(
             raw_error(
                 503,

@@ -149,3 +149,14 @@ async def test_a_maximal_body_does_not_stall_other_requests(stack: Stack) -> Non
     worst = max(waits)
     assert worst < 500 * idle, (worst, idle)
     assert worst < big / 5, (worst, big)
+
+
+async def test_a_copy_that_cannot_be_encoded_never_fails_the_answer() -> None:
+    from router.context import RequestContext
+    from router.handlers.stored_chat import save
+    from router.objects import MemoryObjectStore
+
+    objects = MemoryObjectStore(60)
+    completion = {"id": "chatcmpl-1", "choices": [], "x": nest(300)}  # orjson writes 254 levels
+    await save(objects, RequestContext.start("r", {}), chat(), completion)
+    assert await objects.get("chat", "chatcmpl-1") is None

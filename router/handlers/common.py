@@ -193,7 +193,7 @@ async def write_error_tail(
     """End a started stream with an OpenAI error event (when ``message``) and ``[DONE]``."""
     tail = b""
     if message is not None:
-        log.warning("request %s: %s", ctx.request_id, message)
+        log.warning("request %s: %s", ctx.request_id, message.replace("\n", "\\n"))
         error = UpstreamError(message, code=code)
         tail = b"data: " + error.body() + b"\n\n"
     await write_or_gone(response, tail + DONE + b"\n\n", ctx)

@@ -295,9 +295,12 @@ async def _save(
     }
     try:
         await objects.put(KIND, response["id"], doc)
-    except StoreUnavailable:
+    except (StoreUnavailable, orjson.JSONEncodeError):
+        # The answer is out already: a copy that cannot be kept must not turn it into an error.
         log.warning(
-            "request %s: response %s not stored (store down)", ctx.request_id, response["id"]
+            "request %s: response %s not stored (store down or not encodable)",
+            ctx.request_id,
+            response["id"],
         )
 
 

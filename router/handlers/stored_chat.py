@@ -34,9 +34,12 @@ async def save(
     }
     try:
         await objects.put(KIND, completion_id, doc)
-    except StoreUnavailable:
+    except (StoreUnavailable, orjson.JSONEncodeError):
+        # The answer is out already: a copy that cannot be kept must not turn it into an error.
         log.warning(
-            "request %s: completion %s not stored (store down)", ctx.request_id, completion_id
+            "request %s: completion %s not stored (store down or not encodable)",
+            ctx.request_id,
+            completion_id,
         )
 
 
