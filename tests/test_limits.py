@@ -160,3 +160,23 @@ async def test_a_copy_that_cannot_be_encoded_never_fails_the_answer() -> None:
     completion = {"id": "chatcmpl-1", "choices": [], "x": nest(300)}  # orjson writes 254 levels
     await save(objects, RequestContext.start("r", {}), chat(), completion)
     assert await objects.get("chat", "chatcmpl-1") is None
+
+
+def test_limits_and_timeouts_load_from_the_config_file(tmp_path: Any) -> None:
+    from router.config import load_config
+
+    path = tmp_path / "router.yaml"
+    path.write_text(
+        "server:\n"
+        "  limits: {max_messages: 10, max_hashed_string: 1MiB}\n"
+        "  header_timeout: 2\n"
+        "  shutdown_grace: 5\n"
+        "backends: [{name: b, replicas: [{id: r, url: 'http://h:1/v1'}]}]\n"
+        "routes: {text: b, code: b, json: b, vision: b}\n"
+    )
+    server = load_config(path).server
+    assert server.limits.max_messages == 10
+    assert server.limits.max_hashed_string == 1 << 20
+    assert server.limits.max_depth == 64
+    assert (server.header_timeout, server.shutdown_grace) == (2, 5)
+    assert (server.body_timeout, server.keepalive_timeout) == (60, 75)
