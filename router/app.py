@@ -282,6 +282,9 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
         body=exc.body(), status=exc.http_status, content_type="application/json"
     )
     response.headers.update(exc.headers)
+    if exc.http_status in (408, 413):
+        # The rest of that body is not wanted: close rather than linger reading it.
+        response.force_close()
     if exc.http_status >= 500:
         log.warning(
             "request %s: %s %s", ctx.request_id, exc.http_status, edge.loggable(exc.message)

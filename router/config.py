@@ -119,6 +119,7 @@ class LimitsConfig(_Frozen):
     max_depth: int = Field(default=64, gt=0, le=200, description="JSON nesting levels")
     max_json_values: int = Field(default=65536, gt=0, description="values and keys in the body")
     max_hashed_string: ByteSize = 4 << 20  # one string in a prefix the router hashes
+    max_large_bodies: int = Field(default=16, gt=0, description="bodies over 256 KiB read at once")
 
 
 class ServerConfig(_Frozen):

@@ -189,6 +189,24 @@ def _start_pool() -> ProcessPoolExecutor:
     return pool
 
 
+class BodySlot:
+    """A place among the large bodies read at once; small bodies need none."""
+
+    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
+        self._semaphore = semaphore
+        self.held = semaphore is None
+
+    async def __aenter__(self) -> BodySlot:
+        if self._semaphore is not None:
+            await self._semaphore.acquire()
+            self.held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._semaphore is not None and self.held:
+            self._semaphore.release()
+
+
 class BodyParser:
     """Parses request bodies within the limits; owns the worker process for large ones."""
 
@@ -196,6 +214,15 @@ class BodyParser:
         self.limits = Limits.of(config)
         self._inline = inline_bytes
         self._pool: ProcessPoolExecutor | None = None
+        # Bounds the memory of bodies being read: a large one waits for a slot with its bytes
+        # still in the socket (TCP flow control), not in this process.
+        self._large = asyncio.Semaphore(config.max_large_bodies)
+
+    def slot(self, length: int | None, encoded: bool) -> BodySlot:
+        """The slot a body of ``length`` bytes (None: chunked) must hold while it is read;
+        an ``encoded`` (compressed) body may grow, so it counts as large."""
+        small = length is not None and length <= self._inline and not encoded
+        return BodySlot(None if small else self._large)
 
     async def parse(self, raw: bytes) -> Any:
         """The parsed JSON, after the limits; raises InvalidRequest (or orjson's error)."""

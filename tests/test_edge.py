@@ -90,6 +90,30 @@ async def test_a_stalled_body_gets_408(make_stack: Any) -> None:
     await chat_ok(live.base_url)
 
 
+async def test_large_bodies_read_at_once_are_bounded(make_stack: Any) -> None:
+    def edit(config: RouterConfig) -> RouterConfig:
+        limits = config.server.limits.model_copy(update={"max_large_bodies": 1})
+        server = config.server.model_copy(update={"limits": limits, "body_timeout": 0.5})
+        return config.model_copy(update={"server": server})
+
+    live = make_stack(edit=edit)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1048576\r\nConnection: close\r\n\r\n{"
+    )
+    first = await asyncio.open_connection("127.0.0.1", port_of(live))
+    first[1].write(head)  # a large body that stalls, holding the only slot
+    await first[1].drain()
+    second = await asyncio.open_connection("127.0.0.1", port_of(live))
+    second[1].write(head)
+    answers = [await read_answer(first[0]), await read_answer(second[0])]
+    for _, writer in (first, second):
+        writer.close()
+    statuses = sorted((status, body["error"]["code"]) for status, body in answers)
+    assert statuses == [(408, "request_timeout"), (503, "too_many_large_bodies")]
+    await chat_ok(live.base_url)  # the slot is free again; small bodies never needed one
+
+
 async def test_idle_keep_alive_connections_are_closed(make_stack: Any) -> None:
     live = make_stack(edit=server_settings(keepalive_timeout=0.3))
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(live))

@@ -19,6 +19,7 @@ from router.errors import (
     InvalidRequest,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceUnavailable,
     UnsupportedMediaType,
     UpstreamError,
 )
@@ -66,19 +67,27 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
 async def read_body_bytes(request: web.Request) -> bytes:
     """The whole body within ``server.body_timeout`` and ``server.max_body_size``."""
     server = request.app[CONFIG].server
+    encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+    slot = request.app[BODY_PARSER].slot(request.content_length, encoded)
     try:
-        async with asyncio.timeout(server.body_timeout):
+        async with asyncio.timeout(server.body_timeout), slot:
             return await request.read()
+    except TimeoutError:
+        if not slot.held:
+            raise ServiceUnavailable(
+                "Too many large request bodies are being read "
+                "(server.limits.max_large_bodies); retry shortly.",
+                code="too_many_large_bodies",
+            ) from None
+        raise RequestTimeout(
+            f"The request body did not arrive within {server.body_timeout:g} s "
+            "(server.body_timeout)."
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(
             f"The request body exceeds the limit of {server.max_body_size} bytes "
             "(server.max_body_size).",
             param=None,
-        ) from None
-    except TimeoutError:
-        raise RequestTimeout(
-            f"The request body did not arrive within {server.body_timeout:g} s "
-            "(server.body_timeout)."
         ) from None
     except RequestPayloadError as exc:
         # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
