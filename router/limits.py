@@ -92,10 +92,28 @@ def loads(raw: bytes) -> Any:
         gc.enable()
 
 
-def check(body: dict[str, Any], limits: Limits, *, hashing: bool) -> Breach | None:
+def check(
+    body: dict[str, Any], limits: Limits, *, hashing: bool, raw: bytes | None = None
+) -> Breach | None:
     """The first limit ``body`` exceeds, or None. ``hashing``: the body carries
-    ``cache_control`` markers, so the router will hash its strings."""
-    return _counts(body, limits) or _shape(body, limits, hashing=hashing)
+    ``cache_control`` markers, so the router will hash its strings. ``raw``, the bytes it was
+    parsed from, lets a small body skip the walk when its size alone rules a breach out."""
+    breach = _counts(body, limits)
+    if breach is None and (raw is None or not _within_by_size(raw, limits, hashing=hashing)):
+        breach = _shape(body, limits, hashing=hashing)
+    return breach
+
+
+def _within_by_size(raw: bytes, limits: Limits, *, hashing: bool) -> bool:
+    """True when ``raw`` is too small to break the shape limits: every JSON value or key
+    takes at least two bytes, and nesting needs an opening bracket per level (brackets inside
+    strings count too, which only makes this more cautious)."""
+    size = len(raw)
+    return (
+        size // 2 + 1 <= limits.max_json_values
+        and (not hashing or size <= limits.max_hashed_string)
+        and raw.count(b"[") + raw.count(b"{") <= limits.max_depth
+    )
 
 
 def _counts(body: dict[str, Any], limits: Limits) -> Breach | None:
@@ -234,7 +252,7 @@ class BodyParser:
                 raise orjson.JSONDecodeError("not json", "", 0)
         body = loads(raw)
         if isinstance(body, dict):
-            breach = check(body, self.limits, hashing=b'"cache_control"' in raw)
+            breach = check(body, self.limits, hashing=b'"cache_control"' in raw, raw=raw)
             if breach is not None:
                 raise breach.error()
         return body

@@ -180,3 +180,15 @@ def test_limits_and_timeouts_load_from_the_config_file(tmp_path: Any) -> None:
     assert server.limits.max_depth == 64
     assert (server.header_timeout, server.shutdown_grace) == (2, 5)
     assert (server.body_timeout, server.keepalive_timeout) == (60, 75)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        orjson.dumps(chat(x=nest(64))),  # short, but one level too deep
+        orjson.dumps(chat(x=nest(40), y=nest(40))),  # many brackets: walked, and fine
+    ],
+)
+def test_the_size_shortcut_never_hides_a_breach(raw: bytes) -> None:
+    body = orjson.loads(raw)
+    assert check(body, LIMITS, hashing=False, raw=raw) == check(body, LIMITS, hashing=False)
