@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from redis.asyncio import Redis
 
+from router import edge
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import EXPOSED_HEADERS, RequestContext
@@ -25,6 +26,7 @@ from router.errors import (
     NotFound,
     PayloadTooLarge,
     RouterError,
+    ServiceUnavailable,
 )
 from router.governance import base_headers, tenancy_ctx, tenancy_middleware
 from router.handlers import chat, completions, messages, meta, responses, stored_chat
@@ -32,14 +34,18 @@ from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
     BASE_HEADERS,
+    BODY_PARSER,
     CONFIG,
     CONTEXT,
     DISPATCHER,
+    LIFECYCLE,
     METRICS,
     OBJECTS,
     SESSION,
     STORE,
 )
+from router.lifecycle import Lifecycle
+from router.limits import BodyParser
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
@@ -72,7 +78,18 @@ def create_app(
         app[STORE] = store
     if objects is not None:
         app[OBJECTS] = objects
-    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, tenancy_ctx, dispatcher_ctx])
+    app.cleanup_ctx.extend(
+        [
+            session_ctx,
+            store_ctx,
+            objects_ctx,
+            tenancy_ctx,
+            dispatcher_ctx,
+            body_parser_ctx,
+            lifecycle_ctx,
+        ]
+    )
+    app.on_response_prepare.append(edge.hide_server_banner)
     _add_routes(app)
     return app
 
@@ -152,6 +169,17 @@ async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
         await own.aclose()
 
 
+async def body_parser_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[BODY_PARSER] = BodyParser(app[CONFIG].server.limits)
+    yield
+    app[BODY_PARSER].close()
+
+
+async def lifecycle_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LIFECYCLE] = Lifecycle()
+    yield
+
+
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
@@ -166,11 +194,13 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     if request.path.startswith(_ANTHROPIC_PATHS):
         ctx.surface = "anthropic"
     request[CONTEXT] = ctx
+    lifecycle = request.app[LIFECYCLE]
     try:
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = _preflight(request)
-        else:
-            response = await handler(request)  # tenancy_middleware authenticates
+        with lifecycle.track():
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                response: web.StreamResponse = _preflight(request)
+            else:
+                response = await handler(request)  # tenancy_middleware authenticates
     except RouterError as exc:
         if ctx.stream is not None:
             return await _fail_in_stream(request, ctx, exc.message)
@@ -180,8 +210,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = _error_response(_from_http(exc), ctx)
     except asyncio.CancelledError:
-        log.info("request %s: cancelled (client went away)", ctx.request_id)
-        raise
+        if not lifecycle.ending:
+            log.info("request %s: cancelled (client went away)", ctx.request_id)
+            raise
+        return await _cut_by_shutdown(request, ctx)
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
         if ctx.stream is not None:
@@ -196,13 +228,28 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def _fail_in_stream(
-    request: web.Request, ctx: RequestContext, message: str
+    request: web.Request, ctx: RequestContext, message: str, code: str = "internal_error"
 ) -> web.StreamResponse:
     """Headers are out: the failure can only travel inside the stream."""
     assert ctx.stream is not None
-    await write_error_tail(ctx.stream, ctx, message, "internal_error")
+    await write_error_tail(ctx.stream, ctx, message, code)
     _account(request, ctx, ctx.stream)
     return ctx.stream
+
+
+async def _cut_by_shutdown(request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+    """The shutdown grace is over: tell the client, in the stream or as a 503."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()  # the cancellation was ours, and is answered here
+    message = "The router is shutting down; retry the request."
+    if ctx.stream is not None:
+        return await _fail_in_stream(request, ctx, message, "shutting_down")
+    response = _error_response(ServiceUnavailable(message, code="shutting_down"), ctx)
+    response.force_close()
+    response.headers.update(ctx.headers)
+    _account(request, ctx, response)
+    return response
 
 
 def _preflight(request: web.Request) -> web.Response:
@@ -226,7 +273,7 @@ def _from_http(exc: web.HTTPException) -> RouterError:
         headers = {"Allow": allowed} if allowed else {}
         return MethodNotAllowed(f"Method not allowed here; use {allowed}.", headers=headers)
     if exc.status == 413:
-        return PayloadTooLarge("The request body is too large.")
+        return PayloadTooLarge("The request body is too large (server.max_body_size).")
     return RouterError(exc.reason, status=exc.status)
 
 
@@ -235,8 +282,13 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
         body=exc.render(ctx.surface), status=exc.http_status, content_type="application/json"
     )
     response.headers.update(exc.headers)
+    if exc.http_status in (408, 413):
+        # The rest of that body is not wanted: close rather than linger reading it.
+        response.force_close()
     if exc.http_status >= 500:
-        log.warning("request %s: %s %s", ctx.request_id, exc.http_status, exc.message)
+        log.warning(
+            "request %s: %s %s", ctx.request_id, exc.http_status, edge.loggable(exc.message)
+        )
     return response
 
 
@@ -257,7 +309,7 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
             "request %s %s %s %d type=%s backend=%s replica=%s cache=%s %.1fms",
             ctx.request_id,
             request.method,
-            request.path,
+            edge.loggable(request.raw_path),
             response.status,
             *labels[1:5],
             (time.perf_counter() - ctx.started) * 1000,

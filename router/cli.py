@@ -23,7 +23,10 @@ from router.config import (
     embedded_config,
     load_config,
 )
+from router.edge import make_runner
 from router.keycli import add_keys_commands
+from router.keys import LIFECYCLE
+from router.lifecycle import drain
 from router.tenants import tenant_of
 
 log = logging.getLogger("router")
@@ -106,11 +109,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _serve_config(config: RouterConfig) -> None:
     runner = await _start(config)
+    _announce(config, runner)
+    await _serve_until_stopped(config, runner)
+
+
+async def _serve_until_stopped(config: RouterConfig, runner: web.AppRunner) -> None:
+    """Serve until SIGINT/SIGTERM, then drain within ``server.shutdown_grace``."""
     try:
-        _announce(config, runner)
         await _until_stopped()
-    finally:
+    except BaseException:
         await runner.cleanup()
+        raise
+    await drain(runner, runner.app[LIFECYCLE], config.server.shutdown_grace)
 
 
 async def _serve_embedded(listen: dict[str, Any], redis_url: str | None) -> None:
@@ -136,19 +146,16 @@ async def _serve_embedded(listen: dict[str, Any], redis_url: str | None) -> None
             )
             config = config.model_copy(update={"cache": cache})
         runner = await _start(config)
-        try:
-            print("embedded default: simulated backends", ", ".join(pools), flush=True)
-            _announce(config, runner)
-            await _until_stopped()
-        finally:
-            await runner.cleanup()
+        print("embedded default: simulated backends", ", ".join(pools), flush=True)
+        _announce(config, runner)
+        await _serve_until_stopped(config, runner)
     finally:
         for fleet in fleets:
             await fleet.close()
 
 
 async def _start(config: RouterConfig) -> web.AppRunner:
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    runner = make_runner(create_app(config), config.server)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()

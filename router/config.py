@@ -238,10 +238,22 @@ def _key_entry(value: object) -> object:
     return {"key": value} if isinstance(value, str) else value
 
 
+class LimitsConfig(_Frozen):
+    """Bounds on the work one request may cause; each breach is a 400 naming the limit."""
+
+    max_messages: int = Field(default=4096, gt=0, description="messages or input items")
+    max_content_parts: int = Field(default=8192, gt=0, description="content parts, all messages")
+    max_tools: int = Field(default=512, gt=0)
+    max_depth: int = Field(default=64, gt=0, le=200, description="JSON nesting levels")
+    max_json_values: int = Field(default=65536, gt=0, description="values and keys in the body")
+    max_hashed_string: ByteSize = 4 << 20  # one string in a prefix the router hashes
+    max_large_bodies: int = Field(default=16, gt=0, description="bodies over 256 KiB read at once")
+
+
 class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    max_body_size: ByteSize = 32 << 20
+    max_body_size: ByteSize = 8 << 20
     api_keys: list[Annotated[ApiKeyConfig, BeforeValidator(_key_entry)]] = Field(
         default_factory=list
     )
@@ -252,6 +264,15 @@ class ServerConfig(_Frozen):
     # Stored-object routes (lists, retrieve, delete...) send no CORS headers unless enabled, so
     # a web page cannot read stored conversations through a visitor's browser.
     cors_objects: bool = False
+    limits: LimitsConfig = LimitsConfig()
+    # Slow or idle clients: seconds for the request line and headers, for the whole body, and
+    # for an idle keep-alive connection between requests.
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
+    keepalive_timeout: float = Field(default=75.0, gt=0)
+    # Per process; lowered to what the open-file limit allows. Beyond it: 503.
+    max_connections: int = Field(default=4096, gt=0)
+    shutdown_grace: float = Field(default=25.0, ge=0, description="seconds streams may finish")
 
     @model_validator(mode="after")
     def _unique_key_names(self) -> ServerConfig:

@@ -10,6 +10,7 @@ Handlers raise; one middleware renders the envelope of the request's surface: Op
     ├── Forbidden             403    the key may not use this request type or backend
     ├── NotFound              404    unknown path or stored object
     ├── MethodNotAllowed      405
+    ├── RequestTimeout        408    the client was too slow sending its request
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── Unprocessable         422
@@ -93,6 +94,12 @@ class MethodNotAllowed(RouterError):
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(RouterError):

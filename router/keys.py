@@ -9,6 +9,8 @@ from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import RequestContext
 from router.dispatch import Dispatcher
+from router.lifecycle import Lifecycle
+from router.limits import BodyParser
 from router.metrics import Metrics
 from router.objects import ObjectStore
 from router.ratelimit import RateLimiter
@@ -30,3 +32,5 @@ BASE_HEADERS = web.AppKey("base_headers", dict[str, str])
 KEYRING = web.AppKey("keyring", KeyRing)
 LIMITER = web.AppKey("limiter", RateLimiter)
 TENANT_COUNTERS = web.AppKey("tenant_counters", TenantCounters)
+BODY_PARSER = web.AppKey("body_parser", BodyParser)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

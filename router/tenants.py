@@ -47,7 +47,8 @@ class Tenant:
 
 
 def key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # A header may carry any byte; aiohttp hands non-ASCII ones over as surrogate escapes.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def generated_name(key: str) -> str:

@@ -32,7 +32,59 @@ def check_chat(body: dict[str, Any]) -> None:
             isinstance(value, list) and all(isinstance(t, dict) for t in value)
         ):
             raise InvalidRequest(f"'{name}' must be an array of objects.", param=name)
+    _check_response_format(body.get("response_format"))
     check_sampling(body)
+    check_cache_markers(body)
+
+
+def check_cache_markers(body: dict[str, Any]) -> None:
+    """``cache_control`` markers must be objects with string fields, wherever they sit.
+
+    Their values are checked where breakpoints are found; this only makes sure that check
+    meets the JSON types it can compare (a ``ttl`` of ``[]`` is not a 500).
+    """
+    _check_marker(body.get("cache_control"), "cache_control")
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if isinstance(tool, dict):
+            _check_marker(tool.get("cache_control"), f"tools[{i}].cache_control")
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if not isinstance(message, dict):
+            continue
+        _check_marker(message.get("cache_control"), f"messages[{i}].cache_control")
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict):
+                _check_marker(
+                    part.get("cache_control"), f"messages[{i}].content[{j}].cache_control"
+                )
+
+
+def _check_marker(marker: Any, where: str) -> None:
+    if marker is None:
+        return
+    if not isinstance(marker, dict):
+        raise InvalidRequest(
+            'cache_control must be an object such as {"type": "ephemeral"}.', param=where
+        )
+    for key in ("type", "ttl"):
+        if key in marker and not isinstance(marker[key], str):
+            raise InvalidRequest(f"'{where}.{key}' must be a string.", param=f"{where}.{key}")
+
+
+def _check_response_format(response_format: Any) -> None:
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict):
+        raise InvalidRequest(
+            '\'response_format\' must be an object such as {"type": "json_object"}.',
+            param="response_format",
+        )
+    if not isinstance(response_format.get("type"), str):
+        raise InvalidRequest(
+            "'response_format.type' must be a string.", param="response_format.type"
+        )
 
 
 def check_model(body: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, settings
 
 from router.app import create_app
 from router.config import REQUEST_TYPES, RouterConfig, embedded_config
+from router.edge import make_runner
 from router.objects import ObjectStore
 from router.sim import SimFleet, SimSettings, start_fleet
 from router.store import PrefixStore
@@ -121,7 +122,7 @@ def start_stack(
         if edit is not None:
             config = edit(config)
         app = create_app(config, store=store, objects=objects)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = make_runner(app, config.server)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -28,7 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_minimal_config_has_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert config.server.port == 8000
-    assert config.server.max_body_size == 32 << 20
+    assert config.server.max_body_size == 8 << 20
     assert config.backends[0].replicas[0].url == "http://127.0.0.1:9000/v1"
     assert config.routing.policy == "prefix_affinity"
     assert {t: b.name for t, b in config.routing_table().items()} == {

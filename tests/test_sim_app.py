@@ -453,3 +453,28 @@ async def test_odd_content_shapes_are_tokenized_not_rejected(client: Client) -> 
     ]
     reply = await post(client, {"model": "m", "messages": messages})
     assert reply["choices"][0]["message"]["content"].startswith("I see 1 image.")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 18446744073709551615}),
+        ("/v1/chat/completions", {"max_completion_tokens": 40}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 64}]}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 18446744073709551615}),
+    ],
+)
+async def test_requests_beyond_the_context_are_400(
+    aiohttp_client: AiohttpClient, path: str, body: dict[str, Any]
+) -> None:
+    """Like a real server's context limit: the sim never generates without end."""
+    settings = SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=0, max_model_len=32)
+    small = await aiohttp_client(create_sim_app(settings))
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    if path == "/v1/completions":
+        base = {"model": "m"}
+    response = await small.post(path, json={**base, **body})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "maximum context length is 32 tokens" in error["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -10,17 +11,27 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from router.context import RequestContext
 from router.dispatch import Routed
-from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
-from router.keys import CONFIG, CONTEXT
+from router.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    UpstreamError,
+)
+from router.keys import BODY_PARSER, CONFIG, CONTEXT
 from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
 from router.usage import note_body, note_event
 
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]"
+# Request body encodings aiohttp decodes (br only with a brotli package installed).
+_ENCODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -29,22 +40,22 @@ SSE_HEADERS = {
 
 
 async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
-    """The request's JSON object and its raw bytes; 415, 413 or 400 otherwise."""
+    """The request's JSON object and its raw bytes, within the limits; 4xx otherwise."""
     content_type = request.headers.get("Content-Type", "application/json")
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {media or 'empty'!r}."
         )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in _ENCODINGS:
+        # aiohttp would pass an encoding it does not know through as if it were plain.
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none."
+        )
+    raw = await read_body_bytes(request)
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CONFIG].server.max_body_size
-        raise PayloadTooLarge(
-            f"The request body exceeds the limit of {limit} bytes.", param=None
-        ) from None
-    try:
-        body = orjson.loads(raw)
+        body = await request.app[BODY_PARSER].parse(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object."
@@ -52,6 +63,43 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body, raw
+
+
+async def read_body_bytes(request: web.Request) -> bytes:
+    """The whole body within ``server.body_timeout`` and ``server.max_body_size``."""
+    server = request.app[CONFIG].server
+    encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+    slot = request.app[BODY_PARSER].slot(request.content_length, encoded)
+    try:
+        async with asyncio.timeout(server.body_timeout), slot:
+            return await request.read()
+    except TimeoutError:
+        if not slot.held:
+            raise ServiceUnavailable(
+                "Too many large request bodies are being read "
+                "(server.limits.max_large_bodies); retry shortly.",
+                code="too_many_large_bodies",
+            ) from None
+        raise RequestTimeout(
+            f"The request body did not arrive within {server.body_timeout:g} s "
+            "(server.body_timeout)."
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"The request body exceeds the limit of {server.max_body_size} bytes "
+            "(server.max_body_size).",
+            param=None,
+        ) from None
+    except RequestPayloadError as exc:
+        # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
+        # chunked encoding, a body cut short.
+        raise InvalidRequest(f"The request body could not be read: {_cause(exc)}.") from None
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return text.rstrip(".")[:200]
 
 
 def context(request: web.Request) -> RequestContext:
@@ -168,7 +216,7 @@ async def write_error_tail(
         return
     tail = b""
     if message is not None:
-        log.warning("request %s: %s", ctx.request_id, message)
+        log.warning("request %s: %s", ctx.request_id, message.replace("\n", "\\n"))
         error = UpstreamError(message, code=code)
         tail = b"data: " + error.body() + b"\n\n"
     await write_or_gone(response, tail + DONE + b"\n\n", ctx)

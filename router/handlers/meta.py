@@ -10,7 +10,7 @@ from aiohttp import web
 
 from router.balancer import Replica
 from router.errors import NotFound
-from router.keys import BALANCER, CONFIG, METRICS, SESSION, TENANT_COUNTERS
+from router.keys import BALANCER, CONFIG, LIFECYCLE, METRICS, SESSION, TENANT_COUNTERS
 
 _STARTED = int(time.time())
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
@@ -47,6 +47,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """200 when every routed backend has at least one replica answering ``GET /models``."""
+    if request.app[LIFECYCLE].draining:
+        return web.json_response({"status": "draining"}, status=503)
     config = request.app[CONFIG]
     pools = request.app[BALANCER].pools
     routed = {name for names in config.routes.routed().values() for name in names}

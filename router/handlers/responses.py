@@ -49,7 +49,7 @@ from router.responses import (
 from router.tenants import owner
 from router.upstream import describe, iter_sse_events, read_body
 from router.usage import note_body, note_event
-from router.validate import check_model
+from router.validate import check_cache_markers, check_model
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     objects = request.app[OBJECTS]
     history = await _history(objects, ctx, body.get("previous_response_id"))
     chat = _to_chat(body, history)
+    check_cache_markers(chat)
     plan = request.app[DISPATCHER].plan(chat, ctx)
     if plan.backend.api == "responses":
         return await _via_responses_backend(request, ctx, body, chat, plan)

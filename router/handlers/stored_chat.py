@@ -46,7 +46,7 @@ async def put_or_warn(
     """Store an object made by this request; record the outcome in ``ctx.stored``."""
     try:
         await objects.put(owner(ctx), kind, object_id, doc)
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, orjson.JSONEncodeError) as exc:
         ctx.stored = "failed"
         log.warning("request %s: %s %s not stored (%s)", ctx.request_id, kind, object_id, exc)
         return

@@ -15,7 +15,14 @@ from aiohttp import web
 from router.sim.engine import SIM_ENGINE, Admission, SimEngine, sleep_until
 from router.sim.errors import SimError, error_middleware
 from router.sim.generate import Choice, chat_choices, completion_choices
-from router.sim.request import ChatRequest, CompletionRequest, SimFault, parse, read_body
+from router.sim.request import (
+    ChatRequest,
+    CompletionRequest,
+    SimFault,
+    check_context,
+    parse,
+    read_body,
+)
 from router.sim.settings import SimSettings
 from router.sim.stream import StreamPlan, chat_steps, stream, text_steps
 from router.sim.tokenizer import chat_prompt, completion_prompt
@@ -52,6 +59,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     with engine.track() as tracked:
         chat = parse(ChatRequest, await read_body(request))
         prompt = chat_prompt(chat.messages, chat.tools, image_count=engine.settings.image_tokens)
+        check_context(len(prompt.tokens), chat.token_limit, engine.settings.max_model_len)
         choices = chat_choices(chat, prompt, engine.settings)
         await _apply_fault(chat.sim_fault)
         admission = engine.admit([prompt])
@@ -73,6 +81,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     with engine.track() as tracked:
         legacy = parse(CompletionRequest, await read_body(request))
         prompts = [completion_prompt(prompt) for prompt in legacy.prompts]
+        for prompt in prompts:
+            check_context(len(prompt.tokens), legacy.max_tokens, engine.settings.max_model_len)
         choices = [
             choice
             for number, prompt in enumerate(prompts)

@@ -116,3 +116,16 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise SimError(f"{param}: {first['msg']}", param=param) from None
+
+
+def check_context(prompt_tokens: int, limit: int | None, max_model_len: int) -> None:
+    """A 400 like vLLM's when the prompt plus the requested completion exceed the context."""
+    wanted = prompt_tokens + (limit or 0)
+    if prompt_tokens >= max_model_len or wanted > max_model_len:
+        raise SimError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {wanted} tokens ({prompt_tokens} in the messages, {limit or 0} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="max_tokens" if limit else "messages",
+            code="context_length_exceeded",
+        )

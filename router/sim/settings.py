@@ -27,6 +27,9 @@ class SimSettings:
     cache_blocks: int = 8192
     image_tokens: int = 85
     seed: int = 0
+    # A real server's context window: prompt plus completion tokens of one sequence. Requests
+    # beyond it are 400s, so no request can make the sim generate without end.
+    max_model_len: int = 131072  # Llama 3.1's 128K
 
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "prefill_ms_per_token", "itl_ms"):
@@ -34,6 +37,8 @@ class SimSettings:
                 raise ValueError(f"SimSettings.{name} must be >= 0")
         if self.block_size < 1:
             raise ValueError("SimSettings.block_size must be >= 1")
+        if self.max_model_len < 1:
+            raise ValueError("SimSettings.max_model_len must be >= 1")
         for name in ("output_tokens", "cache_blocks", "image_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimSettings.{name} must be >= 0")
