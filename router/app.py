@@ -40,16 +40,18 @@ from router.keys import (
     OBJECTS,
     SESSION,
     STORE,
+    WATCHER,
 )
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
 from router.upstream import new_session
+from router.watch import Watcher, attach
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_PUBLIC_PATHS = frozenset({"/health", "/health/backends", "/ready", "/metrics"})
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
@@ -63,6 +65,7 @@ def create_app(
     )
     app[CONFIG] = config
     app[BALANCER] = Balancer(config)
+    attach(app[BALANCER], config)
     app[METRICS] = Metrics()
     app[BASE_HEADERS] = {
         "Access-Control-Allow-Origin": config.server.cors_allow_origin,
@@ -72,7 +75,7 @@ def create_app(
         app[STORE] = store
     if objects is not None:
         app[OBJECTS] = objects
-    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx])
+    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx, watch_ctx])
     _add_routes(app)
     return app
 
@@ -96,6 +99,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
+    app.router.add_get("/health/backends", meta.health_backends)
     app.router.add_get("/ready", meta.ready)
     app.router.add_get("/metrics", meta.metrics)
 
@@ -144,6 +148,15 @@ async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
+
+
+async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics scrapes and health probes of every replica, in the background."""
+    watcher = Watcher(app[CONFIG], app[BALANCER])
+    await watcher.start()
+    app[WATCHER] = watcher
+    yield
+    await watcher.close()
 
 
 @web.middleware

@@ -14,7 +14,9 @@ from zlib import crc32
 
 import aiohttp
 
-from router.config import BackendConfig, RouterConfig, RoutingConfig
+from router.config import BackendConfig, HealthConfig, LoadConfig, RouterConfig, RoutingConfig
+from router.health import ReplicaHealth
+from router.load import LoadGauge
 
 
 @dataclass(eq=False, slots=True)
@@ -25,6 +27,10 @@ class Replica:
     in_flight: int = 0
     down_until: float = 0.0
     prefixes: int = 0  # new prefixes this process placed here (a proxy for its cache's share)
+    # Backend truth (router/health.py, router/load.py); router/watch.attach sets them from the
+    # config and keeps them current.
+    health: ReplicaHealth = field(default_factory=lambda: ReplicaHealth(HealthConfig(), 5.0))
+    gauge: LoadGauge = field(default_factory=lambda: LoadGauge(LoadConfig()))
     # Built once, not per request: the backend's timeouts and upstream auth header.
     timeout: aiohttp.ClientTimeout = field(init=False)
     headers: dict[str, str] = field(init=False)
@@ -37,6 +43,18 @@ class Replica:
         self.headers = {"Content-Type": "application/json"}
         if self.backend.api_key is not None:
             self.headers["Authorization"] = f"Bearer {self.backend.api_key.get_secret_value()}"
+
+    def load(self, now: float | None = None) -> float:
+        """Reported running + waiting + sent since the last scrape when fresh, else in flight."""
+        return self.gauge.load(time.monotonic() if now is None else now, self.in_flight)
+
+    def usable(self, now: float) -> bool:
+        """The circuit breaker lets a request through now."""
+        return self.health.usable(now)
+
+    def accepts_new_prefixes(self, now: float | None = None) -> bool:
+        """False while the replica reports its KV cache (nearly) full."""
+        return not self.gauge.kv_full(time.monotonic() if now is None else now)
 
 
 @dataclass(eq=False, slots=True)
@@ -109,7 +127,7 @@ class Balancer:
     def _available(self, pool: Pool, exclude: Sequence[Replica]) -> list[Replica]:
         now = self._clock()
         fresh = [r for r in pool.replicas if r not in exclude] if exclude else pool.replicas
-        healthy = [r for r in fresh if r.down_until <= now]
+        healthy = [r for r in fresh if r.down_until <= now and r.usable(now)]
         return healthy or fresh or pool.replicas
 
     def _overloaded(self, load: int, least: int) -> bool:

@@ -17,6 +17,8 @@ EXPOSED_HEADERS = (
     "X-DI-Backend",
     "X-DI-Replica",
     "X-DI-Cache",
+    "X-DI-Attempts",
+    "X-DI-Fallback",
     "X-Request-Id",
     "Server-Timing",
 )
@@ -33,6 +35,8 @@ class RequestContext:
     cache: str | None = None  # hit | miss | none | bypass
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    attempts: int = 0  # upstream attempts made (retries and fallback pools included)
+    fallback: str | None = None  # the answering pool, when it is not the route's first
     # Headers a component adds that no other one reads (e.g. rate-limit figures).
     extra_headers: dict[str, str] = field(default_factory=dict)
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
@@ -57,6 +61,10 @@ class RequestContext:
             headers["X-DI-Replica"] = self.replica
         if self.cache is not None:
             headers["X-DI-Cache"] = self.cache
+        if self.backend is not None:
+            headers["X-DI-Attempts"] = str(self.attempts)
+        if self.fallback is not None:
+            headers["X-DI-Fallback"] = self.fallback
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
         if self.extra_headers:

@@ -1,15 +1,14 @@
 """From a validated request to an open upstream response: classify, look up, pick, send.
 
 This is the request's path through the router's pieces, in order; each piece lives in its own
-module. ``plan`` is pure; ``dispatch`` costs one prefix-store round trip and the upstream call,
-and retries another replica when one cannot be connected to (nothing was sent, so it is safe).
+module. ``plan`` is pure; ``dispatch`` costs one prefix-store round trip and the upstream call;
+what is retried where (other replicas, fallback pools) is ``router/retry.py``'s business.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,9 @@ from router.classify import RequestType, classify
 from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
 from router.prefix import Breakpoint, find_breakpoints, strip_cache_control
+from router.retry import Attempts
 from router.store import PrefixHit, PrefixStore, StoreUnavailable
-from router.upstream import Unreachable, send
+from router.upstream import DEFAULT_MAX_BODY
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Plan:
     pool: Pool
     breakpoints: list[Breakpoint]  # shortest first; only those long enough to be cached
     marked: bool  # the body carries cache_control markers (to strip before forwarding)
+    model: str | None = None  # the client's model id (a fallback pool may need it back)
 
     @property
     def backend(self) -> BackendConfig:
@@ -49,6 +50,7 @@ class Routed:
     response: aiohttp.ClientResponse
     replica: Replica
     cache: str
+    body_limit: int = DEFAULT_MAX_BODY  # upstream.max_body_size
 
 
 class Dispatcher:
@@ -64,6 +66,11 @@ class Dispatcher:
         self._store = store
         self._session = session
         self._routes = {t: balancer.pools[config.routes.backend_for(t)] for t in RequestType}
+        self._fallbacks = {
+            t: [balancer.pools[name] for name in config.routes.pools_for(t)[1:]]
+            for t in RequestType
+        }
+        self._attempts = Attempts(config.routing, session)
         self._affinity = config.routing.policy == "prefix_affinity"
 
     def plan(
@@ -79,13 +86,15 @@ class Dispatcher:
         pool = self._routes[request_type]
         backend = pool.backend
         ctx.backend = backend.name
+        model = chat_body.get("model")
+        model = model if isinstance(model, str) else None
         if raw is not None and b'"cache_control"' not in raw:
-            return Plan(request_type, pool, [], marked=False)
+            return Plan(request_type, pool, [], marked=False, model=model)
         namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
         found = find_breakpoints(chat_body, namespace)
         minimum = backend.cache.min_tokens
         breakpoints = [bp for bp in found if bp.tokens >= minimum] if minimum else found
-        return Plan(request_type, pool, breakpoints, marked=bool(found))
+        return Plan(request_type, pool, breakpoints, marked=bool(found), model=model)
 
     def payload(self, body: dict[str, Any], raw: bytes | None, plan: Plan) -> bytes:
         """The bytes to send upstream: the client's body, changed only where the backend says."""
@@ -114,64 +123,54 @@ class Dispatcher:
         # A hit on the longest prefix is refreshed by the lookup itself; anything else is new.
         if not (choice.affinity and hit is not None and hit.index == len(plan.breakpoints) - 1):
             self._remember(plan, choice.replica, cache)
-        routed = await self._send(ctx, plan, choice.replica, cache, path, payload, tie_key)
+        ctx.cache = cache
+
+        def ranking(pool: Pool, tried: Sequence[Replica]) -> list[Replica]:
+            if pool is plan.pool and not tried:
+                return [choice.replica]
+            replica = self._balancer.pick(pool, tie_key=tie_key, exclude=tried).replica
+            if replica in tried:
+                return []
+            if pool is plan.pool:
+                self._remember(plan, replica, ctx.cache or "none")
+                ctx.cache = "miss" if ctx.cache == "hit" else ctx.cache
+            return [replica]
+
+        pools = [plan.pool, *self._fallbacks[plan.request_type]]
+        opened = await self._attempts.open(
+            ctx, pools, ranking, path, lambda pool: self._payload_for(pool, plan, payload)
+        )
+        if opened.pool is not plan.pool:
+            ctx.cache = "none"  # the prefix index speaks for the first pool only
+        routed = Routed(
+            opened.response,
+            opened.replica,
+            ctx.cache or "none",
+            self._config.upstream.max_body_size,
+        )
         try:
             yield routed
         finally:
             routed.replica.in_flight -= 1
             routed.response.close()
 
+    def _payload_for(self, pool: Pool, plan: Plan, payload: bytes) -> bytes:
+        """A fallback pool's payload: the first pool's, with this backend's model name (or the
+        client's, when this backend names none)."""
+        if pool is plan.pool:
+            return payload
+        wanted = pool.backend.model or plan.model
+        if wanted is None or wanted == (plan.backend.model or plan.model):
+            return payload
+        body = orjson.loads(payload)
+        body["model"] = wanted
+        return orjson.dumps(body)
+
     def _remember(self, plan: Plan, replica: Replica, cache: str) -> None:
         # Recorded at dispatch, not on completion, so a burst of first requests for one new
         # prefix converges on this replica instead of scattering.
         if cache != "bypass" and self._affinity and plan.breakpoints:
             self._store.record(plan.breakpoints, replica.id)
-
-    async def _send(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        replica: Replica,
-        cache: str,
-        path: str,
-        payload: bytes,
-        tie_key: str | None,
-    ) -> Routed:
-        """Send to ``replica``; one that cannot be connected to is rested and another tried."""
-        tried: list[Replica] = []
-        while True:
-            ctx.replica = replica.id
-            ctx.cache = cache
-            replica.in_flight += 1
-            sent = time.perf_counter()
-            ctx.router_ms = (sent - ctx.started) * 1000
-            try:
-                response = await send(
-                    self._session(), replica, path, payload, {"X-Request-Id": ctx.request_id}
-                )
-            except Unreachable:
-                replica.in_flight -= 1
-                self._balancer.mark_failed(replica)
-                tried.append(replica)
-                retries = self._config.routing.retries
-                if len(tried) > retries or len(tried) >= len(plan.pool.replicas):
-                    raise
-                log.warning(
-                    "request %s: replica %s unreachable, retrying elsewhere",
-                    ctx.request_id,
-                    replica.id,
-                )
-                replica = self._balancer.pick(plan.pool, tie_key=tie_key, exclude=tried).replica
-                self._remember(plan, replica, cache)
-                cache = "miss" if cache == "hit" else cache
-                continue
-            except BaseException:
-                replica.in_flight -= 1
-                raise
-            if replica.down_until:
-                self._balancer.mark_ok(replica)
-            ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-            return Routed(response, replica, cache)
 
     async def _lookup(self, plan: Plan) -> tuple[PrefixHit | None, str]:
         if not plan.breakpoints:

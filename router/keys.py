@@ -12,6 +12,7 @@ from router.dispatch import Dispatcher
 from router.metrics import Metrics
 from router.objects import ObjectStore
 from router.store import PrefixStore
+from router.watch import Watcher
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -20,6 +21,7 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+WATCHER = web.AppKey("watcher", Watcher)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])

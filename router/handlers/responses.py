@@ -114,7 +114,7 @@ async def _via_chat_backend(
             reply = await _stream_events(request, routed, ctx, events)
             await _save(objects, ctx, body, chat, events.response)
             return reply
-        data = await read_body(routed.response, where(routed))
+        data = await read_body(routed.response, where(routed), routed.body_limit)
         try:
             result = chat_to_response(
                 orjson.loads(data), request=body, response_id=response_id, created_at=created_at
