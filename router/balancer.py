@@ -1,8 +1,7 @@
 """Replica choice inside a backend pool: prefix affinity weighed against load and health.
 
-Load is the number of requests this process has in flight to a replica. A replica that failed
-to connect rests for ``replica_cooldown`` seconds; when every replica of a pool rests, all are
-tried anyway (a pool is never empty by choice of the router).
+Load is ``Replica.load()``: what the replica reports (router/load.py) or, without fresh figures,
+this process's in-flight count. Health is ``Replica.usable()`` (the breaker, router/health.py).
 """
 
 from __future__ import annotations
@@ -92,28 +91,33 @@ class Balancer:
         if policy == "round_robin":
             pool.turn += 1
             return Choice(candidates[pool.turn % len(candidates)], False)
-        least = min(r.in_flight for r in candidates)
+        now = self._clock()
+        loads = {r.id: r.load(now) for r in candidates}
+        least = min(loads.values())
         if policy == "prefix_affinity" and warm is not None:
             held = next((r for r in candidates if r.id == warm), None)
-            if held is not None and not self._overloaded(held.in_flight, least):
+            if held is not None and not self._overloaded(loads[held.id], least):
                 return Choice(held, True)
         if tie_key is not None and policy == "prefix_affinity":
-            return Choice(self._place(candidates, least, tie_key), False)
-        idle = [r for r in candidates if r.in_flight == least]
+            return Choice(self._place(candidates, loads, least, tie_key, now), False)
+        idle = [r for r in candidates if loads[r.id] == least]
         if tie_key is not None:
             # Equal loads: spread distinct prefixes evenly, the same prefix always the same way.
             return Choice(idle[crc32(tie_key.encode()) % len(idle)], False)
         pool.turn += 1
         return Choice(idle[pool.turn % len(idle)], False)
 
-    def _place(self, candidates: list[Replica], least: int, key: str) -> Replica:
-        """Where a prefix no replica holds goes: among replicas not overloaded, the one that
-        was given the fewest prefixes (as SGLang's cache-aware policy picks the smallest tree),
-        then the least loaded, then by the key. Placing by load alone pins a burst of new
-        prefixes onto whichever replica happened to be idle at that instant."""
-        fit = [r for r in candidates if not self._overloaded(r.in_flight, least)]
-        fewest = min((r.prefixes, r.in_flight) for r in fit)
-        best = [r for r in fit if (r.prefixes, r.in_flight) == fewest]
+    def _place(
+        self, candidates: list[Replica], loads: dict[str, float], least: float, key: str, now: float
+    ) -> Replica:
+        """Where a prefix no replica holds goes: among replicas not overloaded and with room in
+        their KV cache, the one that was given the fewest prefixes (as SGLang's cache-aware
+        policy picks the smallest tree), then the least loaded, then by the key. Placing by
+        load alone pins a burst of new prefixes onto whichever replica happened to be idle."""
+        fit = [r for r in candidates if not self._overloaded(loads[r.id], least)]
+        roomy = [r for r in fit if r.accepts_new_prefixes(now)] or fit
+        fewest = min((r.prefixes, loads[r.id]) for r in roomy)
+        best = [r for r in roomy if (r.prefixes, loads[r.id]) == fewest]
         chosen = best[crc32(key.encode()) % len(best)]
         chosen.prefixes += 1
         return chosen
@@ -130,7 +134,7 @@ class Balancer:
         healthy = [r for r in fresh if r.down_until <= now and r.usable(now)]
         return healthy or fresh or pool.replicas
 
-    def _overloaded(self, load: int, least: int) -> bool:
+    def _overloaded(self, load: float, least: float) -> bool:
         return (
             load - least > self._routing.balance_abs_threshold
             and load > least * self._routing.balance_rel_threshold

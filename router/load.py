@@ -6,7 +6,9 @@ turns one scrape into a ``LoadReport`` and keeps, per replica, a ``LoadGauge`` t
 "how loaded is it now" as: reported running + waiting, plus the requests this router sent it
 since that scrape started (the report cannot know them yet). Figures older than
 ``load.stale_after`` are not trusted: the gauge then falls back to the local in-flight count,
-which is also all a replica without metrics (a hosted API, Ollama) ever gets.
+which is also all a replica without metrics (a hosted API, Ollama) ever gets. The recent
+sends count at most as many as this router still has in flight there, so a request sent and
+finished between two scrapes does not linger as load.
 
 The scraping itself (a background task per replica) lives in ``router/watch.py``; nothing
 here does I/O, so the request path only reads numbers.
@@ -113,11 +115,13 @@ class LoadGauge:
         self.last_error = reason
 
     def load(self, now: float, in_flight: int) -> float:
-        """Reported running + waiting + sent since, when fresh; else the local in-flight."""
+        """Reported running + waiting, plus what this router sent since that scrape began and
+        may still be running (at most its in-flight count: a request sent and already done is
+        in neither); without fresh figures, the local in-flight count."""
         report = self.report
         if report is None or now - self.reported_at > self._settings.stale_after:
             return float(in_flight)
-        return report.running + report.waiting + self.sent_since
+        return report.running + report.waiting + min(self.sent_since, in_flight)
 
     def kv_full(self, now: float) -> bool:
         """Reported KV usage is at or above ``load.kv_full`` (fresh figures only)."""

@@ -115,9 +115,11 @@ class Watcher:
         return True
 
     async def _probe_loop(self) -> None:
+        # First wait a period: by then the scrapes have made most replicas fresh, and a router
+        # starting up does not open a burst of connections to every replica at once.
         while True:
-            await self.probe_due()
             await asyncio.sleep(self._config.health.probe_interval)
+            await self.probe_due()
 
     async def probe_due(self) -> None:
         """Probe every replica whose metrics are not fresh or whose breaker awaits an answer."""

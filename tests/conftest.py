@@ -267,3 +267,16 @@ def fake_upstream() -> Iterator[Fake]:
     yield Fake(upstream, thread)
     thread.run(upstream.close())
     thread.stop()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    """A factory of scripted fake replicas (tests/scripted.py), stopped after the test."""
+    from .scripted import Replicas
+
+    thread = LoopThread()
+    replicas = Replicas(thread)
+    yield replicas
+    for replica in replicas.made:
+        thread.run(replica.close())
+    thread.stop()
