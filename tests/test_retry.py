@@ -24,7 +24,7 @@ from .conftest import Stack, free_port, with_replicas
 from .scripted import Replicas
 
 
-def user(text: str = "hi") -> list[dict[str, Any]]:
+def user(text: str = "hi") -> Any:
     return [{"role": "user", "content": text}]
 
 
@@ -126,18 +126,18 @@ def test_a_connection_dropped_after_sending_is_not_replayed(
 ) -> None:
     dropping, good = scripted.new("drop", mode="drop"), scripted.new("good")
     live = make_stack(edit=text_pool([dropping.url, good.url]))
-    failures = []
+    failures: list[openai.APIStatusError] = []
     for i in range(4):
         try:
             create(live, str(i))
-        except openai.APIStatusError as exc:
-            failures.append(exc)
+        except openai.APIStatusError as caught:
+            failures.append(caught)
     # Whoever met the dropping replica got a 502 after one attempt: no second generation.
     assert len(failures) == dropping.posts >= 1
-    for exc in failures:
-        assert exc.status_code == 502
-        assert exc.body["code"] == "upstream_disconnected"  # type: ignore[index]
-        assert exc.response.headers["X-DI-Attempts"] == "1"
+    for failure in failures:
+        assert failure.status_code == 502
+        assert failure.body["code"] == "upstream_disconnected"  # type: ignore[index]
+        assert failure.response.headers["X-DI-Attempts"] == "1"
     assert good.posts == 4 - len(failures)
 
 

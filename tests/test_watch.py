@@ -30,7 +30,7 @@ from .scripted import Replicas, Scripted, vllm_metrics
 from .test_retry import tune
 
 
-def marked(prefix: str) -> list[dict[str, Any]]:
+def marked(prefix: str) -> Any:
     """A request with a new cache_control prefix (long enough to be worth placing)."""
     system = f"You are assistant {prefix}. " + "Follow the house rules carefully. " * 40
     return [
@@ -195,8 +195,7 @@ class RouterProcess:
     def __init__(self, config: Path) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(config)]
-            + ["--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "router", "serve", "--config", str(config), *self._flags()],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -212,6 +211,9 @@ class RouterProcess:
             raise AssertionError("router exited before it listened:\n" + "".join(self.output))
         self._drain = threading.Thread(target=self._read, daemon=True)
         self._drain.start()
+
+    def _flags(self) -> list[str]:
+        return ["--port", str(self.port), "--log-level", "warning"]
 
     def _read(self) -> None:
         assert self.process.stdout is not None
