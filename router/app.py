@@ -44,7 +44,8 @@ from router.keys import (
 )
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
-from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
+from router.redis_store import RedisPrefixStore
+from router.store import MemoryPrefixStore, PrefixStore
 from router.upstream import new_session
 from router.watch import Watcher, attach
 
@@ -120,6 +121,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                 key_prefix=cache.key_prefix,
                 timeout=cache.timeout_ms / 1000,
                 retry_after=cache.retry_after,
+                failure_threshold=cache.failure_threshold,
                 max_connections=app[CONFIG].upstream.connection_limit,
             )
             await redis_store.prepare()

@@ -1,15 +1,18 @@
-"""Replica choice inside a backend pool: prefix affinity weighed against load and health.
+"""Backend pools and their replicas: what the picker may know about each replica.
 
-Load is ``Replica.load()``: what the replica reports (router/load.py) or, without fresh figures,
-this process's in-flight count. Health is ``Replica.usable()`` (the breaker, router/health.py).
+The picker (``router.picker``) reads a replica only through ``load()``, ``usable(now)`` and
+``accepts_new_prefixes()``, so where those figures come from can change without touching it.
+Load is what the replica itself reports at ``/metrics`` plus what this router sent it since,
+or this process's in-flight count without fresh figures (``router.load``); usable is its
+circuit breaker (``router.health``); new prefixes stay off a replica reporting its KV cache
+nearly full. ``router.watch.attach`` configures both per replica and keeps them current.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from zlib import crc32
 
 import aiohttp
 
@@ -25,9 +28,6 @@ class Replica:
     backend: BackendConfig
     in_flight: int = 0
     down_until: float = 0.0
-    prefixes: int = 0  # new prefixes this process placed here (a proxy for its cache's share)
-    # Backend truth (router/health.py, router/load.py); router/watch.attach sets them from the
-    # config and keeps them current.
     health: ReplicaHealth = field(default_factory=lambda: ReplicaHealth(HealthConfig(), 5.0))
     gauge: LoadGauge = field(default_factory=lambda: LoadGauge(LoadConfig()))
     # Built once, not per request: the backend's timeouts and upstream auth header.
@@ -44,15 +44,17 @@ class Replica:
             self.headers["Authorization"] = f"Bearer {self.backend.api_key.get_secret_value()}"
 
     def load(self, now: float | None = None) -> float:
-        """Reported running + waiting + sent since the last scrape when fresh, else in flight."""
+        """How busy the replica is: reported running + waiting + sent since the last scrape,
+        when fresh; else the requests this process has in flight to it."""
         return self.gauge.load(time.monotonic() if now is None else now, self.in_flight)
 
     def usable(self, now: float) -> bool:
-        """The circuit breaker lets a request through now."""
-        return self.health.usable(now)
+        """Whether requests may be sent to it now: its circuit breaker lets them through."""
+        return self.down_until <= now and self.health.usable(now)
 
     def accepts_new_prefixes(self, now: float | None = None) -> bool:
-        """False while the replica reports its KV cache (nearly) full."""
+        """Whether its KV cache has room for prefixes it does not hold yet (False while it
+        reports usage at or above ``load.kv_full``)."""
         return not self.gauge.kv_full(time.monotonic() if now is None else now)
 
 
@@ -63,13 +65,9 @@ class Pool:
     turn: int = field(default=0)
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
-    replica: Replica
-    affinity: bool  # True when the request went to the replica holding its prefix
-
-
 class Balancer:
+    """The pools of replicas, and their health as this process sees it."""
+
     def __init__(self, config: RouterConfig, *, clock: Callable[[], float] = time.monotonic):
         self._routing: RoutingConfig = config.routing
         self._clock = clock
@@ -77,65 +75,8 @@ class Balancer:
             b.name: Pool(b, [Replica(r.id, r.url, b) for r in b.replicas]) for b in config.backends
         }
 
-    def pick(
-        self,
-        pool: Pool,
-        *,
-        warm: str | None = None,
-        tie_key: str | None = None,
-        exclude: Sequence[Replica] = (),
-    ) -> Choice:
-        """Choose a replica; ``warm`` is the id of the replica holding the request's prefix."""
-        candidates = self._available(pool, exclude)
-        policy = self._routing.policy
-        if policy == "round_robin":
-            pool.turn += 1
-            return Choice(candidates[pool.turn % len(candidates)], False)
-        now = self._clock()
-        loads = {r.id: r.load(now) for r in candidates}
-        least = min(loads.values())
-        if policy == "prefix_affinity" and warm is not None:
-            held = next((r for r in candidates if r.id == warm), None)
-            if held is not None and not self._overloaded(loads[held.id], least):
-                return Choice(held, True)
-        if tie_key is not None and policy == "prefix_affinity":
-            return Choice(self._place(candidates, loads, least, tie_key, now), False)
-        idle = [r for r in candidates if loads[r.id] == least]
-        if tie_key is not None:
-            # Equal loads: spread distinct prefixes evenly, the same prefix always the same way.
-            return Choice(idle[crc32(tie_key.encode()) % len(idle)], False)
-        pool.turn += 1
-        return Choice(idle[pool.turn % len(idle)], False)
-
-    def _place(
-        self, candidates: list[Replica], loads: dict[str, float], least: float, key: str, now: float
-    ) -> Replica:
-        """Where a prefix no replica holds goes: among replicas not overloaded and with room in
-        their KV cache, the one that was given the fewest prefixes (as SGLang's cache-aware
-        policy picks the smallest tree), then the least loaded, then by the key. Placing by
-        load alone pins a burst of new prefixes onto whichever replica happened to be idle."""
-        fit = [r for r in candidates if not self._overloaded(loads[r.id], least)]
-        roomy = [r for r in fit if r.accepts_new_prefixes(now)] or fit
-        fewest = min((r.prefixes, loads[r.id]) for r in roomy)
-        best = [r for r in roomy if (r.prefixes, loads[r.id]) == fewest]
-        chosen = best[crc32(key.encode()) % len(best)]
-        chosen.prefixes += 1
-        return chosen
-
     def mark_failed(self, replica: Replica) -> None:
         replica.down_until = self._clock() + self._routing.replica_cooldown
 
     def mark_ok(self, replica: Replica) -> None:
         replica.down_until = 0.0
-
-    def _available(self, pool: Pool, exclude: Sequence[Replica]) -> list[Replica]:
-        now = self._clock()
-        fresh = [r for r in pool.replicas if r not in exclude] if exclude else pool.replicas
-        healthy = [r for r in fresh if r.down_until <= now and r.usable(now)]
-        return healthy or fresh or pool.replicas
-
-    def _overloaded(self, load: float, least: float) -> bool:
-        return (
-            load - least > self._routing.balance_abs_threshold
-            and load > least * self._routing.balance_rel_threshold
-        )

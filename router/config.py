@@ -197,6 +197,12 @@ class CacheConfig(_Frozen):
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Redis faults in a row before it counts as down"
+    )
+    # Automatic prefixes: unmarked requests get affinity on their message boundaries.
+    automatic: bool = True
+    automatic_min_tokens: int = Field(default=1024, ge=0, description="estimated tokens")
     memory_max_entries: int = Field(default=100_000, gt=0)
     responses_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="stored objects, seconds")
 

@@ -17,6 +17,7 @@ EXPOSED_HEADERS = (
     "X-DI-Backend",
     "X-DI-Replica",
     "X-DI-Cache",
+    "X-DI-Prefix-Tokens",
     "X-DI-Attempts",
     "X-DI-Fallback",
     "X-Request-Id",
@@ -33,6 +34,7 @@ class RequestContext:
     backend: str | None = None  # the pool that serves (or was meant to serve) the request
     replica: str | None = None  # the replica id the request was sent to
     cache: str | None = None  # hit | miss | none | bypass
+    prefix_tokens: int | None = None  # estimated tokens of the matched prefix (0: none held)
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
     attempts: int = 0  # upstream attempts made (retries and fallback pools included)
@@ -61,6 +63,8 @@ class RequestContext:
             headers["X-DI-Replica"] = self.replica
         if self.cache is not None:
             headers["X-DI-Cache"] = self.cache
+            if self.cache != "none" and self.prefix_tokens is not None:
+                headers["X-DI-Prefix-Tokens"] = str(self.prefix_tokens)
         if self.backend is not None:
             headers["X-DI-Attempts"] = str(self.attempts)
         if self.fallback is not None:

@@ -1,22 +1,16 @@
-"""Prompt-cache breakpoints: from ``cache_control`` markers to prefix keys.
+"""Prompt-cache markers: the prompt's blocks, its ``cache_control`` breakpoints, stripping.
 
 The prompt is read as a sequence of blocks, in the order a model sees them: each tool
 definition, then each message's content parts (a string content is one text part; an
 assistant's ``tool_calls`` are one more block). A ``cache_control`` breakpoint, as in
-Anthropic's API, closes a prefix at its block. Each block is serialised canonically (sorted
-keys, ``cache_control`` left out) and hashed as a chain, so a prefix key depends on every block
-up to it and on nothing after it, and moving a breakpoint never changes the content hash. The
-chain starts from a namespace (backend pool and upstream model), so pools never share entries.
+Anthropic's API, closes a prefix at its block. ``router.chain`` turns blocks into prefix keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import Any
-
-import orjson
 
 from router.errors import InvalidRequest
 
@@ -26,35 +20,33 @@ BYTES_PER_TOKEN = 4  # the usual estimate for English text and JSON; the router 
 
 
 @dataclass(frozen=True, slots=True)
-class Breakpoint:
-    """One cacheable prefix: its key, how long it lives, and about how many tokens it holds."""
+class Block:
+    """One block of the prompt, as a model sees it; hashed only when the chain needs it."""
 
-    key: str
-    ttl: int
-    tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
     payload: Any  # what is hashed
     marker: Any  # the cache_control found on it (or on its message/tool), else None
     param: str  # where that marker sits, for error messages
+    ends_message: bool  # the last block of a message: a boundary for automatic prefixes
 
 
-def find_breakpoints(body: dict[str, Any], namespace: str) -> list[Breakpoint]:
-    """Validate the request's breakpoints and return their prefix keys, shortest first.
+def blocks_of(body: dict[str, Any]) -> list[Block]:
+    """The request's blocks in prompt order (tools, then messages); no serialisation yet."""
+    return list(_blocks(body))
+
+
+def marked_ttls(body: dict[str, Any], blocks: list[Block]) -> dict[int, int]:
+    """Block index -> TTL of each breakpoint (top-level ``cache_control`` closes the last).
 
     Raises InvalidRequest naming the ``param`` for more than four breakpoints, an unknown type
     or ttl, or a ``1h`` breakpoint after a ``5m`` one (a longer-lived prefix cannot depend on a
     shorter-lived one).
     """
-    blocks = list(_blocks(body))
     marked = [i for i, block in enumerate(blocks) if block.marker is not None]
     automatic = body.get("cache_control")
     if automatic is not None and blocks:
         marked.append(-1)
     if not marked:
-        return []
+        return {}
     if len(marked) > MAX_BREAKPOINTS:
         extra = blocks[marked[MAX_BREAKPOINTS]].param if marked[MAX_BREAKPOINTS] >= 0 else ""
         raise InvalidRequest(
@@ -69,19 +61,12 @@ def find_breakpoints(body: dict[str, Any], namespace: str) -> list[Breakpoint]:
             if index < 0
             else (blocks[index].marker, blocks[index].param)
         )
-        ttls[len(blocks) - 1 if index < 0 else index] = _ttl_of(marker, param)
+        ttl = _ttl_of(marker, param)
+        position = len(blocks) - 1 if index < 0 else index
+        # Top-level mode on a block that is also marked: one breakpoint, the shorter TTL.
+        ttls[position] = min(ttl, ttls.get(position, ttl))
     _check_ttl_order(ttls, blocks)
-
-    breakpoints: list[Breakpoint] = []
-    digest = blake2b(namespace.encode(), digest_size=16).digest()
-    size = 0
-    for i, block in enumerate(blocks):
-        encoded = orjson.dumps(block.payload, option=orjson.OPT_SORT_KEYS)
-        size += len(encoded)
-        digest = blake2b(digest + encoded, digest_size=16).digest()
-        if i in ttls:
-            breakpoints.append(Breakpoint(digest.hex(), ttls[i], size // BYTES_PER_TOKEN))
-    return breakpoints
+    return ttls
 
 
 def strip_cache_control(body: dict[str, Any]) -> dict[str, Any]:
@@ -112,12 +97,12 @@ def _without_marker(item: Any) -> Any:
     return item
 
 
-def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
+def _blocks(body: dict[str, Any]) -> Iterator[Block]:
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if isinstance(tool, dict):
-            yield _Block(
-                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
+            yield Block(
+                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control", False
             )
     messages = body.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
@@ -125,7 +110,7 @@ def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
             yield from _message_blocks(i, message)
 
 
-def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
+def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[Block]:
     head = [message.get("role"), message.get("name"), message.get("tool_call_id")]
     content = message.get("content")
     parts: list[Any]
@@ -137,21 +122,24 @@ def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
         # A string is the same prompt as one text part, so both spellings share a key.
         parts = [{"type": "text", "text": content}]
     blocks = [
-        _Block(
+        Block(
             [head, _without_marker(part)],
             part.get("cache_control") if isinstance(part, dict) else None,
             f"messages[{index}].content[{j}].cache_control",
+            False,
         )
         for j, part in enumerate(parts)
     ]
     if message.get("tool_calls") or message.get("function_call") or not blocks:
         calls = message.get("tool_calls") or message.get("function_call")
-        blocks.append(_Block([head, calls], None, f"messages[{index}].cache_control"))
-    if (marker := message.get("cache_control")) is not None:
-        # A breakpoint on the whole message closes the prefix at its last block.
-        last = blocks[-1]
-        if last.marker is None:
-            blocks[-1] = _Block(last.payload, marker, f"messages[{index}].cache_control")
+        blocks.append(Block([head, calls], None, f"messages[{index}].cache_control", False))
+    last = blocks[-1]
+    marker = message.get("cache_control")
+    # A breakpoint on the whole message closes the prefix at its last block.
+    if marker is not None and last.marker is None:
+        blocks[-1] = Block(last.payload, marker, f"messages[{index}].cache_control", True)
+    else:
+        blocks[-1] = Block(last.payload, last.marker, last.param, True)
     yield from blocks
 
 
@@ -173,7 +161,7 @@ def _ttl_of(marker: Any, param: str) -> int:
     return TTL_SECONDS[ttl]
 
 
-def _check_ttl_order(ttls: dict[int, int], blocks: list[_Block]) -> None:
+def _check_ttl_order(ttls: dict[int, int], blocks: list[Block]) -> None:
     shortest = None
     for index in sorted(ttls):
         if shortest is not None and ttls[index] > shortest:

@@ -12,7 +12,9 @@ route), always before any byte reached the client:
 What is not: a new connection that dropped after the request was sent (``Disconnected``: the
 replica may be generating, and a replay would generate and bill twice); any other status (500
 included: the same request likely fails the same way; 4xx are the client's); anything once
-response headers are in. Every attempt's outcome feeds the replica's breaker exactly once.
+response headers are in. Every attempt's outcome is reported once, by the caller's
+``failed`` (at once) or when the answer ends (see ``router.dispatch``), and feeds the
+replica's breaker there.
 ``routing.retries`` bounds the extra attempts per pool, ``routing.deadline`` all attempts
 together; replicas whose breaker is open are not attempted at all.
 """
@@ -22,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import aiohttp
 
@@ -80,19 +83,29 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     )
 
 
-Ranking = Callable[[Pool, Sequence[Replica]], list[Replica]]
-Outcome = Callable[[Replica, Verdict | None], None]
+P = TypeVar("P")
 
 
 @dataclass(slots=True)
-class Opened:
+class Route(Generic[P]):
+    """One pool of a request's route: its ranked candidates and the payload it takes.
+    ``placement`` is the caller's own record of how the candidates were chosen."""
+
+    pool: Pool
+    candidates: Sequence[Replica]
+    payload: bytes
+    placement: P
+
+
+@dataclass(slots=True)
+class Opened(Generic[P]):
     response: aiohttp.ClientResponse
     replica: Replica
-    pool: Pool
+    route: Route[P]
 
 
 class Attempts:
-    """The attempt loop of one request; ``ranking(pool, tried)`` yields its candidates."""
+    """The attempt loop: the route's pools in order, each pool's candidates in rank order."""
 
     def __init__(
         self,
@@ -105,53 +118,60 @@ class Attempts:
         self._session = session
         self._clock = clock
 
+    def now(self) -> float:
+        return self._clock()
+
+    @staticmethod
+    def judge(exc: UpstreamError) -> Verdict:
+        return judge(exc)
+
     async def open(
         self,
         ctx: RequestContext,
         pools: Sequence[Pool],
-        ranking: Ranking,
+        prepare: Callable[[Pool], Awaitable[Route[P]]],
         path: str,
-        payload: Callable[[Pool], bytes],
         *,
-        outcome: Outcome | None = None,
-    ) -> Opened:
-        """The first response with headers below the retried statuses; raises the last
-        failure, or ``ServiceUnavailable`` when no replica of any pool may be tried."""
+        sending: Callable[[Route[P], Replica], None],
+        failed: Callable[[Route[P], Replica, UpstreamError], Verdict],
+    ) -> Opened[P]:
+        """The first response with acceptable headers. ``prepare`` ranks a pool (called only
+        for the pools reached), ``sending`` sees each attempt start, ``failed`` reports a
+        failed attempt and returns its verdict. Raises the last failure, or
+        ``ServiceUnavailable`` when no replica of any pool may be tried now."""
         deadline = self._clock() + self._routing.deadline
         last: UpstreamError | None = None
         for index, pool in enumerate(pools):
-            tried: list[Replica] = []
-            while len(tried) <= self._routing.retries:
-                now = self._clock()
-                replica = next((r for r in ranking(pool, tried) if r.usable(now)), None)
-                if replica is None:
+            route = await prepare(pool)
+            tries = 0
+            for replica in route.candidates:
+                if tries > self._routing.retries:
                     break
+                now = self._clock()
+                if not replica.usable(now):
+                    continue
                 if now >= deadline:
                     raise last or UpstreamTimeout("No replica answered before the deadline.")
-                tried.append(replica)
+                tries += 1
                 ctx.backend = pool.backend.name
                 ctx.fallback = pool.backend.name if index else None
+                sending(route, replica)
                 try:
-                    response = await self._attempt(
-                        ctx, replica, path, payload(pool), deadline - now
-                    )
+                    response = await self._attempt(ctx, replica, path, route.payload, deadline)
                 except UpstreamError as exc:
-                    verdict = judge(exc)
-                    self._failed(ctx, replica, verdict, outcome)
+                    verdict = failed(route, replica, exc)
+                    self._log(ctx, replica, verdict)
                     if not verdict.retry:
                         raise
                     last = exc
                     continue
-                replica.health.succeeded()
-                if outcome is not None:
-                    outcome(replica, None)
-                return Opened(response, replica, pool)
+                return Opened(response, replica, route)
         if last is not None:
             raise last
         raise _nothing_usable(pools, self._clock())
 
     async def _attempt(
-        self, ctx: RequestContext, replica: Replica, path: str, payload: bytes, budget: float
+        self, ctx: RequestContext, replica: Replica, path: str, payload: bytes, deadline: float
     ) -> aiohttp.ClientResponse:
         ctx.attempts += 1
         ctx.replica = replica.id
@@ -159,9 +179,10 @@ class Attempts:
         replica.gauge.sent()
         replica.health.begin(self._clock())
         sent = time.perf_counter()
-        ctx.router_ms = ctx.router_ms or (sent - ctx.started) * 1000
+        if ctx.attempts == 1:
+            ctx.router_ms = (sent - ctx.started) * 1000
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(deadline - self._clock()):
                 response = await send(
                     self._session(), replica, path, payload, {"X-Request-Id": ctx.request_id}
                 )
@@ -181,18 +202,8 @@ class Attempts:
         ctx.upstream_ms = (time.perf_counter() - sent) * 1000
         return response
 
-    def _failed(
-        self, ctx: RequestContext, replica: Replica, verdict: Verdict, outcome: Outcome | None
-    ) -> None:
-        if verdict.answered:
-            replica.health.succeeded()
-        elif verdict.failure is None:
-            replica.health.abandoned()
-        else:
-            replica.health.failed(verdict.failure, self._clock(), verdict.retry_after)
-            # metrics: breaker state change / attempt failure by kind (issue 12)
-        if outcome is not None:
-            outcome(replica, verdict)
+    @staticmethod
+    def _log(ctx: RequestContext, replica: Replica, verdict: Verdict) -> None:
         log.warning(
             "request %s: attempt %d on replica %s failed (%s)%s",
             ctx.request_id,

@@ -146,10 +146,17 @@ def stop_stack(stack: Stack) -> None:
     stack.thread.stop()
 
 
+def _lenient_breakers(config: RouterConfig) -> RouterConfig:
+    # The shared stack serves many tests that inject upstream faults on purpose (sim_fault):
+    # its breakers must not carry one test's failures into the next.
+    health = config.health.model_copy(update={"failure_threshold": 1_000_000})
+    return config.model_copy(update={"health": health})
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The default stack: zero-latency simulators, two replicas per type, in-memory store."""
-    live = start_stack()
+    live = start_stack(edit=_lenient_breakers)
     yield live
     stop_stack(live)
 

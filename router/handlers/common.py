@@ -15,6 +15,7 @@ from router.context import RequestContext
 from router.dispatch import Routed
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from router.keys import CONFIG, CONTEXT
+from router.placement import cached_tokens_in
 from router.upstream import (
     MalformedStream,
     describe,
@@ -73,6 +74,7 @@ async def relay_json(
 ) -> tuple[web.Response, bytes]:
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
     data = await read_body(routed.response, where(routed), routed.body_limit)
+    routed.cached_tokens = cached_tokens_in(data)
     data = rewrite_model(data, model_field(client_model))
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
     return response, data
@@ -131,6 +133,8 @@ async def relay_sse(
                     done = True
                 elif event.startswith((b'data: {"error"', b'data:{"error"')):
                     failed = True
+                elif (cached := cached_tokens_in(event)) is not None:
+                    routed.cached_tokens = cached
                 if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
@@ -138,10 +142,12 @@ async def relay_sse(
                 return response
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
+        routed.broken = True
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         await write_error_tail(response, ctx, message, "upstream_error")
         return response
     if not done:
+        routed.broken = True
         if failed:
             await write_error_tail(response, ctx, None, None)
         else:
