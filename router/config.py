@@ -66,7 +66,12 @@ def _check_metrics(value: str) -> str:
     raise ValueError("must be auto, off, or an http:// or https:// URL of a /metrics page")
 
 
-MetricsSource = Annotated[str, AfterValidator(_check_metrics)]
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 reads a bare ``off`` as false.
+    return "off" if value is False else value
+
+
+MetricsSource = Annotated[str, BeforeValidator(_yaml_off), AfterValidator(_check_metrics)]
 
 
 class ReplicaConfig(_Frozen):
