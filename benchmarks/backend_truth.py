@@ -158,8 +158,10 @@ async def failing_replica(delay_s: float) -> web.AppRunner:
     return runner
 
 
-async def drive_latency(base: str, requests: int, concurrency: int) -> list[float]:
+async def drive_latency(base: str, requests: int, concurrency: int) -> tuple[list[float], int]:
+    """Request latencies, and how many requests needed more than one attempt."""
     latencies: list[float] = []
+    retried = 0
     queue = list(range(requests))
     async with aiohttp.ClientSession() as session:
 
@@ -171,10 +173,14 @@ async def drive_latency(base: str, requests: int, concurrency: int) -> list[floa
                 async with session.post(base + "/chat/completions", json=body) as response:
                     await response.read()
                     assert response.status == 200, response.status
+                    attempts = int(response.headers["X-DI-Attempts"])
                 latencies.append((time.perf_counter() - started) * 1000)
+                if attempts > 1:
+                    nonlocal retried
+                    retried += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    return latencies, retried
 
 
 async def part_breaker(
@@ -204,12 +210,13 @@ async def part_breaker(
                     "health": {"failure_threshold": threshold},
                 }
                 base = start_router(children, workdir, f"router-{len(results)}", config)
-                latencies = await drive_latency(base, args.requests, 4)
+                latencies, retried = await drive_latency(base, args.requests, 4)
                 children.stop_all()
                 results[name] = {
                     "p50_ms": round(percentile(latencies, 0.5), 1),
                     "p90_ms": round(percentile(latencies, 0.9), 1),
                     "mean_ms": round(statistics.fmean(latencies), 1),
+                    "retried_requests": retried,
                 }
                 print(f"breaker {name}: {results[name]}", flush=True)
     finally:
