@@ -52,9 +52,10 @@ def test_a_conversation_stays_on_its_replica_in_every_marking_style(
         cached = usage.prompt_tokens_details.cached_tokens or 0
         tokens = int(raw.headers["X-DI-Prefix-Tokens"])
         seen.append((raw.headers["X-DI-Replica"], raw.headers["X-DI-Cache"], cached, tokens))
-    replicas, caches, cached, tokens = zip(*seen, strict=True)
-    assert len(set(replicas)) == 1
-    assert caches == ("miss", "hit", "hit", "hit")
+    assert len({replica for replica, _, _, _ in seen}) == 1
+    assert [cache for _, cache, _, _ in seen] == ["miss", "hit", "hit", "hit"]
+    cached = [c for _, _, c, _ in seen]
+    tokens = [t for _, _, _, t in seen]
     assert cached[0] == 0 and cached[1] < cached[2] < cached[3]
     assert tokens[0] == 0 and tokens[1] < tokens[2] < tokens[3]
 
@@ -65,13 +66,11 @@ def test_unmarked_requests_sharing_a_system_prompt_share_a_replica(make_stack: A
     shared = system_prompt(salt="tenant")
     placed = set()
     for i in range(6):
-        raw = client.chat.completions.with_raw_response.create(
-            model="m",
-            messages=[
-                {"role": "system", "content": shared},
-                {"role": "user", "content": f"a different question, number {i}"},
-            ],
-        )
+        messages: list[Any] = [
+            {"role": "system", "content": shared},
+            {"role": "user", "content": f"a different question, number {i}"},
+        ]
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=messages)
         placed.add(raw.headers["X-DI-Replica"])
         assert raw.headers["X-DI-Cache"] == ("miss" if i == 0 else "hit")
     assert len(placed) == 1
@@ -162,7 +161,7 @@ async def test_a_hot_prefix_spreads_under_load_and_comes_back(make_stack: Any) -
 
     live: Stack = make_stack(sim=HELD, replicas=3, edit=tight)
     client = live.aclient()
-    messages = [
+    messages: list[Any] = [
         {
             "role": "system",
             "content": [
