@@ -49,9 +49,14 @@ def test_a_conversation_stays_on_its_replica_in_every_marking_style(
         )
         usage = raw.parse().usage
         assert usage is not None and usage.prompt_tokens_details is not None
-        cached = usage.prompt_tokens_details.cached_tokens or 0
-        tokens = int(raw.headers["X-DI-Prefix-Tokens"])
-        seen.append((raw.headers["X-DI-Replica"], raw.headers["X-DI-Cache"], cached, tokens))
+        seen.append(
+            (
+                raw.headers["X-DI-Replica"],
+                raw.headers["X-DI-Cache"],
+                usage.prompt_tokens_details.cached_tokens or 0,
+                int(raw.headers["X-DI-Prefix-Tokens"]),
+            )
+        )
     assert len({replica for replica, _, _, _ in seen}) == 1
     assert [cache for _, cache, _, _ in seen] == ["miss", "hit", "hit", "hit"]
     cached = [c for _, _, c, _ in seen]
@@ -82,18 +87,17 @@ def test_unmarked_requests_sharing_a_system_prompt_share_a_replica(make_stack: A
 
 
 def cached_request(client: openai.OpenAI, salt: str, **extra: Any) -> Any:
+    messages: list[Any] = [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": system_prompt(salt=salt), "cache_control": EPHEMERAL}
+            ],
+        },
+        {"role": "user", "content": "q"},
+    ]
     return client.chat.completions.with_raw_response.create(
-        model="m",
-        messages=[
-            {
-                "role": "system",
-                "content": [
-                    {"type": "text", "text": system_prompt(salt=salt), "cache_control": EPHEMERAL}
-                ],
-            },
-            {"role": "user", "content": "q"},
-        ],
-        extra_body=extra or None,
+        model="m", messages=messages, extra_body=extra or None
     )
 
 
