@@ -53,8 +53,11 @@ class Replica:
         return self.down_until <= now and self.health.usable(now)
 
     def accepts_new_prefixes(self, now: float | None = None) -> bool:
-        """Whether its KV cache has room for prefixes it does not hold yet (False while it
-        reports usage at or above ``load.kv_full``)."""
+        """Whether to place prefixes it does not hold yet here: not while it reports KV usage
+        at or above ``load.kv_full``, nor while its last attempt failed (a prefix it just lost
+        by failing should not be placed straight back on it)."""
+        if self.health.failures:
+            return False
         return not self.gauge.kv_full(time.monotonic() if now is None else now)
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from itertools import islice
 from typing import Any
 
 import orjson
 
-from router.prefix import BYTES_PER_TOKEN, Block, blocks_of, marked_ttls
+from router.prefix import BYTES_PER_TOKEN, Markers, find_markers, iter_blocks, marked_ttls
 
 LOOKBACK_BLOCKS = 20
 AUTOMATIC_TTL = 300
@@ -70,34 +71,33 @@ def build_chain(
     min_tokens: int = 0,
     automatic: bool = True,
     automatic_min_tokens: int = 1024,
+    markers: Markers | None = None,
 ) -> PrefixChain:
     """The request's chain; raises InvalidRequest for bad breakpoints (see ``marked_ttls``).
 
     ``min_tokens`` (the backend's) applies to every prefix; automatic ones also need
-    ``automatic_min_tokens``, as OpenAI caches prompts of 1,024 tokens and more.
+    ``automatic_min_tokens``, as OpenAI caches prompts of 1,024 tokens and more. ``markers``
+    is ``find_markers(body)`` when the caller has it already.
     """
-    blocks = blocks_of(body)
-    if not blocks:
-        return NO_PREFIX
-    ttls = marked_ttls(body, blocks)
+    found = find_markers(body) if markers is None else markers
+    ttls = marked_ttls(found)
     if ttls:
-        return _marked(blocks, ttls, namespace, min_tokens)
+        return _marked(body, ttls, namespace, min_tokens)
     if not automatic:
         return NO_PREFIX
-    return _automatic(blocks, namespace, max(min_tokens, automatic_min_tokens))
+    return _automatic(body, namespace, max(min_tokens, automatic_min_tokens))
 
 
-def _marked(blocks: list[Block], ttls: dict[int, int], namespace: str, minimum: int) -> PrefixChain:
+def _marked(
+    body: dict[str, Any], ttls: dict[int, int], namespace: str, minimum: int
+) -> PrefixChain:
     wanted: dict[int, int] = {}
     for index, ttl in sorted(ttls.items()):
         for position in range(max(0, index - LOOKBACK_BLOCKS), index + 1):
             # A lookback boundary shares the TTL of the breakpoint it serves.
             wanted[position] = max(wanted.get(position, 0), ttl)
-    hashed = _hash(blocks, namespace, wanted)
-    lookups = [p for p in hashed if p.tokens >= minimum]
-    # The key of position i is hashed[...] in wanted order; map positions back to prefixes.
-    positions = sorted(wanted)
-    by_position = dict(zip(positions, hashed, strict=True))
+    by_position = _hash_blocks(body, namespace, wanted)
+    lookups = [by_position[i] for i in sorted(by_position) if by_position[i].tokens >= minimum]
     records = [
         Prefix(by_position[i].key, ttl, by_position[i].tokens)
         for i, ttl in sorted(ttls.items())
@@ -106,29 +106,44 @@ def _marked(blocks: list[Block], ttls: dict[int, int], namespace: str, minimum: 
     return PrefixChain(lookups, records, marked=True)
 
 
-def _automatic(blocks: list[Block], namespace: str, minimum: int) -> PrefixChain:
-    boundaries = [i for i, block in enumerate(blocks) if block.ends_message]
-    hashed = _hash(blocks, namespace, dict.fromkeys(boundaries, AUTOMATIC_TTL))
-    eligible = [p for p in hashed if p.tokens >= minimum]
-    if not eligible:
-        return PrefixChain(automatic=True)
-    lookups = eligible[-LOOKBACK_BLOCKS:]
-    if lookups[0] is not eligible[0]:
-        lookups.insert(0, eligible[0])
-    records = [eligible[0]] if len(eligible) == 1 else [eligible[0], eligible[-1]]
-    return PrefixChain(lookups, records, automatic=True)
-
-
-def _hash(blocks: list[Block], namespace: str, wanted: dict[int, int]) -> list[Prefix]:
-    """Chain-hash blocks up to the last wanted position; a Prefix at each wanted one."""
+def _hash_blocks(body: dict[str, Any], namespace: str, wanted: dict[int, int]) -> dict[int, Prefix]:
+    """Chain-hash blocks up to the last wanted position (and not one further)."""
     last = max(wanted)
     digest = blake2b(namespace.encode(), digest_size=16).digest()
     size = 0
-    out: list[Prefix] = []
-    for i in range(last + 1):
-        encoded = orjson.dumps(blocks[i].payload, option=_SORTED)
+    out: dict[int, Prefix] = {}
+    for i, block in enumerate(islice(iter_blocks(body), last + 1)):
+        encoded = orjson.dumps(block.payload, option=_SORTED)
         size += len(encoded)
         digest = blake2b(digest + encoded, digest_size=16).digest()
         if i in wanted:
-            out.append(Prefix(digest.hex(), wanted[i], size // BYTES_PER_TOKEN))
+            out[i] = Prefix(digest.hex(), wanted[i], size // BYTES_PER_TOKEN)
     return out
+
+
+def _automatic(body: dict[str, Any], namespace: str, minimum: int) -> PrefixChain:
+    """Prefixes at message boundaries: one running hash over the messages as sent (the same
+    client sends its history the same way every turn), read at each boundary."""
+    running = blake2b(namespace.encode(), digest_size=16)
+    size = 0
+    tools = body.get("tools")
+    if tools:
+        encoded = orjson.dumps(tools)
+        running.update(encoded)
+        size += len(encoded)
+    lookups: list[Prefix] = []
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    # Boundaries worth a key: the first eligible one and the last LOOKBACK_BLOCKS messages.
+    tail = len(messages) - LOOKBACK_BLOCKS
+    for i, message in enumerate(messages):
+        encoded = orjson.dumps(message)
+        running.update(b"\x1e" + encoded)
+        size += len(encoded)
+        tokens = size // BYTES_PER_TOKEN
+        if tokens >= minimum and (i >= tail or not lookups):
+            lookups.append(Prefix(running.copy().hexdigest(), AUTOMATIC_TTL, tokens))
+    if not lookups:
+        return PrefixChain(automatic=True)
+    records = [lookups[0]] if len(lookups) == 1 else [lookups[0], lookups[-1]]
+    return PrefixChain(lookups, records, automatic=True)

@@ -28,7 +28,7 @@ from router.errors import UpstreamError, UpstreamTimeout
 from router.health import Failure
 from router.picker import Picker
 from router.placement import Outcome, Placement, Placer
-from router.prefix import strip_cache_control
+from router.prefix import Markers, find_markers, strip_cache_control
 from router.retry import Attempts, Route, Verdict
 from router.store import PrefixStore
 from router.upstream import DEFAULT_MAX_BODY, Disconnected, Unreachable
@@ -43,6 +43,7 @@ class Plan:
     request_type: RequestType
     pool: Pool
     chain: PrefixChain
+    markers: Markers | None = None  # where the body's cache_control keys are, if any
     model: str | None = None  # the client's model id (a fallback pool may need it back)
 
     @property
@@ -114,15 +115,17 @@ class Dispatcher:
         model = chat_body.get("model")
         model = model if isinstance(model, str) else None
         if not automatic and raw is not None and b'"cache_control"' not in raw:
-            return Plan(request_type, pool, NO_PREFIX, model)
+            return Plan(request_type, pool, NO_PREFIX, model=model)
+        markers = find_markers(chat_body)
         chain = build_chain(
             chat_body,
             self._namespace(backend, chat_body),
             min_tokens=backend.cache.min_tokens,
             automatic=automatic,
             automatic_min_tokens=self._cache.automatic_min_tokens,
+            markers=markers,
         )
-        return Plan(request_type, pool, chain, model)
+        return Plan(request_type, pool, chain, markers if markers.keys else None, model)
 
     @staticmethod
     def _namespace(backend: BackendConfig, chat_body: dict[str, Any]) -> str:
@@ -135,13 +138,14 @@ class Dispatcher:
         changed = body
         if backend.model and body.get("model") != backend.model:
             changed = {**changed, "model": backend.model}
-        if plan.marked and not backend.forward_cache_control:
-            changed = strip_cache_control(changed)
+        strip = plan.markers is not None and not backend.forward_cache_control
         key = plan.prompt_cache_key
         if backend.prompt_cache_key and key and "prompt_cache_key" not in body:
             changed = {**changed, "prompt_cache_key": key}
-        if changed is body and raw is not None:
+        if changed is body and raw is not None and not strip:
             return raw
+        if strip:
+            changed = strip_cache_control(changed)
         return orjson.dumps(changed)
 
     @asynccontextmanager

@@ -26,46 +26,102 @@ class Block:
     payload: Any  # what is hashed
     marker: Any  # the cache_control found on it (or on its message/tool), else None
     param: str  # where that marker sits, for error messages
-    ends_message: bool  # the last block of a message: a boundary for automatic prefixes
 
 
-def blocks_of(body: dict[str, Any]) -> list[Block]:
-    """The request's blocks in prompt order (tools, then messages); no serialisation yet."""
-    return list(_blocks(body))
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """Where a request's ``cache_control`` keys are, found without building any block."""
+
+    at: dict[int, tuple[Any, str]]  # block index -> (marker, param) of each non-null marker
+    blocks: int  # how many blocks the prompt has
+    keys: int  # cache_control keys at the places the router reads (null ones included)
+    top_level: Any  # the request's own cache_control (automatic mode), if any
 
 
-def marked_ttls(body: dict[str, Any], blocks: list[Block]) -> dict[int, int]:
+def find_markers(body: dict[str, Any]) -> Markers:
+    """Walk tools and messages once, counting blocks and noting markers; linear and cheap."""
+    at: dict[int, tuple[Any, str]] = {}
+    keys = 0
+    block = 0
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if isinstance(tool, dict):
+            if "cache_control" in tool:
+                keys += 1
+                if tool["cache_control"] is not None:
+                    at[block] = (tool["cache_control"], f"tools[{i}].cache_control")
+            block += 1
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict):
+            count, found = _message_markers(i, message, block, at)
+            block += count
+            keys += found
+    top_level = body.get("cache_control")
+    if "cache_control" in body:
+        keys += 1
+    return Markers(at, block, keys, top_level)
+
+
+def _message_markers(
+    i: int, message: dict[str, Any], block: int, at: dict[int, tuple[Any, str]]
+) -> tuple[int, int]:
+    """Note message ``i``'s markers (its first block is ``block``); its block and key counts."""
+    keys = 0
+    content = message.get("content")
+    count = 1 if content is not None and not isinstance(content, list) else 0
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and "cache_control" in part:
+                keys += 1
+                if part["cache_control"] is not None:
+                    at[block + j] = (
+                        part["cache_control"],
+                        f"messages[{i}].content[{j}].cache_control",
+                    )
+        count = len(content)
+    if message.get("tool_calls") or message.get("function_call") or not count:
+        count += 1
+    if "cache_control" in message:
+        keys += 1
+        last = block + count - 1
+        # A breakpoint on the whole message closes the prefix at its last block.
+        if message["cache_control"] is not None and last not in at:
+            at[last] = (message["cache_control"], f"messages[{i}].cache_control")
+    return count, keys
+
+
+def iter_blocks(body: dict[str, Any]) -> Iterator[Block]:
+    """The request's blocks in prompt order (tools, then messages), built as they are read."""
+    return _blocks(body)
+
+
+def marked_ttls(markers: Markers) -> dict[int, int]:
     """Block index -> TTL of each breakpoint (top-level ``cache_control`` closes the last).
 
     Raises InvalidRequest naming the ``param`` for more than four breakpoints, an unknown type
     or ttl, or a ``1h`` breakpoint after a ``5m`` one (a longer-lived prefix cannot depend on a
     shorter-lived one).
     """
-    marked = [i for i, block in enumerate(blocks) if block.marker is not None]
-    automatic = body.get("cache_control")
-    if automatic is not None and blocks:
-        marked.append(-1)
-    if not marked:
+    found = sorted(markers.at.items())
+    if markers.top_level is not None and markers.blocks:
+        found.append((markers.blocks - 1, (markers.top_level, "cache_control")))
+    if not found:
         return {}
-    if len(marked) > MAX_BREAKPOINTS:
-        extra = blocks[marked[MAX_BREAKPOINTS]].param if marked[MAX_BREAKPOINTS] >= 0 else ""
+    if len(found) > MAX_BREAKPOINTS:
         raise InvalidRequest(
             f"A request may have at most {MAX_BREAKPOINTS} cache_control breakpoints; "
-            f"found {len(marked)}.",
-            param=extra or "cache_control",
+            f"found {len(found)}.",
+            param=found[MAX_BREAKPOINTS][1][1],
         )
     ttls: dict[int, int] = {}
-    for index in marked:
-        marker, param = (
-            (automatic, "cache_control")
-            if index < 0
-            else (blocks[index].marker, blocks[index].param)
-        )
+    params: dict[int, str] = {}
+    for position, (marker, param) in found:
         ttl = _ttl_of(marker, param)
-        position = len(blocks) - 1 if index < 0 else index
         # Top-level mode on a block that is also marked: one breakpoint, the shorter TTL.
         ttls[position] = min(ttl, ttls.get(position, ttl))
-    _check_ttl_order(ttls, blocks)
+        params.setdefault(position, param)
+    _check_ttl_order(ttls, params)
     return ttls
 
 
@@ -102,7 +158,7 @@ def _blocks(body: dict[str, Any]) -> Iterator[Block]:
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if isinstance(tool, dict):
             yield Block(
-                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control", False
+                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
             )
     messages = body.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
@@ -126,20 +182,17 @@ def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[Block]:
             [head, _without_marker(part)],
             part.get("cache_control") if isinstance(part, dict) else None,
             f"messages[{index}].content[{j}].cache_control",
-            False,
         )
         for j, part in enumerate(parts)
     ]
     if message.get("tool_calls") or message.get("function_call") or not blocks:
         calls = message.get("tool_calls") or message.get("function_call")
-        blocks.append(Block([head, calls], None, f"messages[{index}].cache_control", False))
-    last = blocks[-1]
-    marker = message.get("cache_control")
-    # A breakpoint on the whole message closes the prefix at its last block.
-    if marker is not None and last.marker is None:
-        blocks[-1] = Block(last.payload, marker, f"messages[{index}].cache_control", True)
-    else:
-        blocks[-1] = Block(last.payload, last.marker, last.param, True)
+        blocks.append(Block([head, calls], None, f"messages[{index}].cache_control"))
+    if (marker := message.get("cache_control")) is not None:
+        # A breakpoint on the whole message closes the prefix at its last block.
+        last = blocks[-1]
+        if last.marker is None:
+            blocks[-1] = Block(last.payload, marker, f"messages[{index}].cache_control")
     yield from blocks
 
 
@@ -161,13 +214,12 @@ def _ttl_of(marker: Any, param: str) -> int:
     return TTL_SECONDS[ttl]
 
 
-def _check_ttl_order(ttls: dict[int, int], blocks: list[Block]) -> None:
+def _check_ttl_order(ttls: dict[int, int], params: dict[int, str]) -> None:
     shortest = None
     for index in sorted(ttls):
         if shortest is not None and ttls[index] > shortest:
-            param = blocks[index].param if index < len(blocks) else "cache_control"
             raise InvalidRequest(
                 "A cache_control breakpoint with ttl '1h' must not come after one with ttl '5m'.",
-                param=f"{param}.ttl",
+                param=f"{params[index]}.ttl",
             )
         shortest = ttls[index] if shortest is None else min(shortest, ttls[index])
