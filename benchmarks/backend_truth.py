@@ -12,7 +12,7 @@ how the requests spread over the replicas, for ``metrics: off`` and ``metrics: a
 Part 2, a failing replica (``--part breaker``). One router process, three replicas: two
 simulated, one that answers 503 after a delay (an overloaded replica whose load balancer gives
 up). Every request that is ranked onto it first pays that delay before the retry succeeds
-elsewhere. Reported: request latency p50/p90/mean with the breaker (default
+elsewhere. Reported: request latency p50/p90/p99/mean with the breaker (default
 ``failure_threshold: 3``) and without it (threshold out of reach), against a baseline fleet
 without the failing replica.
 
@@ -215,6 +215,7 @@ async def part_breaker(
                 results[name] = {
                     "p50_ms": round(percentile(latencies, 0.5), 1),
                     "p90_ms": round(percentile(latencies, 0.9), 1),
+                    "p99_ms": round(percentile(latencies, 0.99), 1),
                     "mean_ms": round(statistics.fmean(latencies), 1),
                     "retried_requests": retried,
                 }
