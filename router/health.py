@@ -115,6 +115,7 @@ class ReplicaHealth:
         self.open_until = now + min(max(rest, 0.0), self._settings.max_open)
         self.needs_answer = self.needs_answer or failure in _NEEDS_ANSWER
         self.state = State.OPEN
+        # metrics: breaker opened, by replica and failure kind (issue 12)
 
     def answered(self, now: float) -> None:
         """A probe or a metrics scrape got an answer: the replica is there again."""

@@ -154,7 +154,7 @@ class Attempts:
                     raise last or UpstreamTimeout("No replica answered before the deadline.")
                 tries += 1
                 ctx.backend = pool.backend.name
-                ctx.fallback = pool.backend.name if index else None
+                ctx.fallback = pool.backend.name if index else None  # metrics: fallback used
                 sending(route, replica)
                 try:
                     response = await self._attempt(ctx, replica, path, route.payload, deadline)
@@ -163,6 +163,7 @@ class Attempts:
                     self._log(ctx, replica, verdict)
                     if not verdict.retry:
                         raise
+                    # metrics: retry by reason and pool (issue 12)
                     last = exc
                     continue
                 return Opened(response, replica, route)
