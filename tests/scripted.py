@@ -50,7 +50,8 @@ def vllm_metrics(running: float, waiting: float, kv: float = 0.1) -> bytes:
 @dataclass
 class Scripted:
     """One fake replica. ``mode`` for POSTs: ok, status, frozen (everything hangs, as under
-    SIGSTOP), redirect, garbage, empty, sse_garbage, drop (close before answering)."""
+    SIGSTOP), redirect, garbage, empty, sse_garbage (from the start), sse_garbage_late (after
+    one good chunk), drop (close before answering)."""
 
     name: str = "scripted"
     mode: str = "ok"
@@ -124,13 +125,13 @@ class Scripted:
             request.transport.close()
             return web.Response()
         if body.get("stream"):
-            return await self._stream(request, garbage=mode == "sse_garbage")
+            return await self._stream(request, garbage=mode)
         return web.json_response({**OK_BODY, "model": self.name})
 
-    async def _stream(self, request: web.Request, *, garbage: bool) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, *, garbage: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        if garbage:
+        if garbage == "sse_garbage":
             await response.write(b"<html>proxy error</html>\n\n")
             return response
         chunk = {
@@ -140,7 +141,11 @@ class Scripted:
             "model": self.name,
             "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
         }
-        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n")
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if garbage == "sse_garbage_late":
+            await self.release.wait()  # the test saw the first chunk arrive
+            await response.write(b"Traceback (most recent call last):\n\n")
+        await response.write(b"data: [DONE]\n\n")
         return response
 
 
@@ -155,6 +160,10 @@ class Replicas:
         replica = self.thread.run(Scripted(name=name, **fields).start())  # type: ignore[arg-type]
         self.made.append(replica)
         return replica
+
+    def release(self, replica: Scripted) -> None:
+        """Let a replica waiting on its ``release`` event go on."""
+        self.thread.loop.call_soon_threadsafe(replica.release.set)
 
     def set(self, replica: Scripted, **fields: object) -> None:
         """Change a replica's script from its own loop (its handlers read it there)."""

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from router.config import RouterConfig
+from router.upstream import MalformedStream, check_sse_event
 
 from .conftest import Stack, with_replicas
 from .scripted import Replicas
@@ -122,3 +123,37 @@ def test_error_text_echoing_key_and_address_is_scrubbed(
     assert "bad request to" in text  # the message itself still reaches the client
     for secret in (KEY, host_port, "127.0.0.1", "abc.def"):
         assert secret not in text
+
+
+async def test_non_sse_lines_mid_stream_end_it_with_an_error_event(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    odd = scripted.new("odd", mode="sse_garbage_late")
+    live = make_stack(edit=single(odd.url))
+    body = {"model": "m", "messages": user(), "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(live.base_url + "/chat/completions", json=body) as response,
+    ):
+        assert response.status == 200
+        first = await response.content.readuntil(b"\n\n")
+        assert b'"content":"ok"' in first
+        scripted.release(odd)  # now the replica sends a line that is not SSE
+        rest = await response.read()
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert b"not server-sent events" in events[-2] and events[-1] == b"data: [DONE]"
+    assert b"Traceback" not in rest
+
+
+@pytest.mark.parametrize(
+    "event",
+    [b"data: {}", b"data:[DONE]", b": keep-alive", b"event: x\ndata: {}", b"id: 3\nretry: 10"],
+)
+def test_sse_fields_and_comments_pass(event: bytes) -> None:
+    check_sse_event(event)
+
+
+@pytest.mark.parametrize("event", [b"<html>", b"data: {}\nTraceback", b"{}"])
+def test_other_lines_are_not_an_event_stream(event: bytes) -> None:
+    with pytest.raises(MalformedStream):
+        check_sse_event(event)

@@ -143,8 +143,12 @@ async def relay_sse(
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
         routed.broken = True
-        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        await write_error_tail(response, ctx, message, "upstream_error")
+        if isinstance(exc, MalformedStream):
+            message, code = f"The {where(routed)}: {exc}.", "upstream_bad_response"
+        else:
+            message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+            code = "upstream_error"
+        await write_error_tail(response, ctx, message, code)
         return response
     if not done:
         routed.broken = True
