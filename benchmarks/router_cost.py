@@ -95,7 +95,7 @@ async def main(rounds: int, kb: int) -> None:
                 }
                 times: dict[str, list[float]] = {name: [] for name in bodies}
                 async with aiohttp.ClientSession() as session:
-                    for name, body in bodies.items():  # warm-up
+                    for body in bodies.values():  # warm-up
                         for _ in range(20):
                             await router_ms(session, url, body)
                     for _ in range(rounds):

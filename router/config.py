@@ -173,6 +173,10 @@ class RoutingConfig(_Frozen):
     # than both thresholds (in the manner of SGLang's balance_abs/rel_threshold).
     balance_abs_threshold: int = Field(default=32, ge=0)
     balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    # A new prefix goes, in rendezvous order, to the first replica whose load is within this
+    # much of the least-loaded one's: deterministic while loads are even (every router agrees),
+    # load-aware when they are not (so the prefixes of a busy fleet spread).
+    placement_slack: float = Field(default=2.0, ge=0)
     replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
     retries: int = Field(default=2, ge=0, description="other replicas tried before the first byte")
     # Every attempt of a request (all pools) must have its response headers within this.

@@ -29,7 +29,7 @@ from router.health import Failure
 from router.picker import Picker
 from router.placement import Outcome, Placement, Placer
 from router.prefix import Markers, find_markers, strip_cache_control
-from router.retry import Attempts, Route, Verdict
+from router.retry import Attempts, Route, Verdict, end
 from router.store import PrefixStore
 from router.upstream import DEFAULT_MAX_BODY, Disconnected, Unreachable
 
@@ -193,7 +193,7 @@ class Dispatcher:
             outcome = Outcome.BROKEN
             raise
         finally:
-            routed.replica.in_flight -= 1
+            end(routed.replica, opened.token)
             routed.response.close()
             self._report(placement, routed.replica, outcome, routed.cached_tokens)
 

@@ -4,11 +4,12 @@ Each router process only sees its own in-flight requests, so with N routers each
 1/N of a replica's load. Serving engines publish the whole truth at ``/metrics``; this module
 turns one scrape into a ``LoadReport`` and keeps, per replica, a ``LoadGauge`` that answers
 "how loaded is it now" as: reported running + waiting, plus the requests this router sent it
-since that scrape started (the report cannot know them yet). Figures older than
+since that scrape started (the report cannot know them yet), less this router's requests the
+report counted that have ended since. Figures older than
 ``load.stale_after`` are not trusted: the gauge then falls back to the local in-flight count,
-which is also all a replica without metrics (a hosted API, Ollama) ever gets. The recent
-sends count at most as many as this router still has in flight there, so a request sent and
-finished between two scrapes does not linger as load.
+which is also all a replica without metrics (a hosted API, Ollama) ever gets. This router's
+own requests that end after a scrape are taken off its figures at once, so a replica this
+router just relieved does not look busy until the next scrape.
 
 The scraping itself (a background task per replica) lives in ``router/watch.py``; nothing
 here does I/O, so the request path only reads numbers.
@@ -81,47 +82,75 @@ def _first(values: dict[str, list[float]], names: tuple[str, ...], *, total: boo
 
 
 class LoadGauge:
-    """What one router knows about one replica's load; read on the request path, O(1)."""
+    """What one router knows about one replica's load; read on the request path, O(1).
+
+    Scrapes are numbered (epochs). Each request this router sends carries the epoch it was
+    sent in, so when it ends the gauge knows whether the current report counted it: a request
+    sent before the report's scrape began was running (or waiting) in it, and once it ends it
+    is subtracted; one sent after is not in the report and is added while it runs.
+    """
 
     def __init__(self, settings: LoadConfig, url: str | None = None) -> None:
         self._settings = settings
         self.url = url  # its metrics page; None: local in-flight only (a hosted API, Ollama)
         self.report: LoadReport | None = None
         self.reported_at = float("-inf")
-        # Requests this router sent since the scrape that made ``report`` started.
-        self.sent_since = 0
         self.last_error: str | None = None
+        self._epoch = 0  # scrapes started so far
+        self._report_epoch = 0  # the epoch the current report's scrape started in
+        self._running: dict[int, int] = {}  # this router's requests in flight, by epoch sent
+        self._gone = 0  # requests the report counted that have ended since
+
+    @property
+    def sent_since(self) -> int:
+        """This router's requests in flight that the current report cannot know about."""
+        return sum(n for epoch, n in self._running.items() if epoch >= self._report_epoch)
 
     def fresh(self, now: float) -> bool:
         return self.report is not None and now - self.reported_at <= self._settings.stale_after
 
-    def sent(self) -> None:
-        """Count a request sent to the replica (called once per attempt)."""
-        self.sent_since += 1
+    def sent(self) -> int:
+        """A request is being sent to the replica; give the token back to ``ended``."""
+        epoch = self._epoch
+        self._running[epoch] = self._running.get(epoch, 0) + 1
+        return epoch
+
+    def ended(self, token: int) -> None:
+        """The request sent with ``token`` is over (answered, failed or abandoned)."""
+        left = self._running.get(token, 0) - 1
+        if left > 0:
+            self._running[token] = left
+        else:
+            self._running.pop(token, None)
+        if token < self._report_epoch:
+            self._gone += 1
 
     def scrape_started(self) -> int:
         """Mark a scrape's start; pass the result to ``update`` when it ends."""
-        return self.sent_since
+        self._epoch += 1
+        return self._epoch
 
-    def update(self, report: LoadReport, now: float, sent_at_start: int) -> None:
-        """A scrape finished: what was sent before it started is now in the report; what was
-        sent while it was on the wire may not be, so it stays counted (erring on busy)."""
+    def update(self, report: LoadReport, now: float, started: int) -> None:
+        """A scrape that began in epoch ``started`` finished: requests sent before then are
+        in its figures; those sent while it was on the wire count as not (erring on busy)."""
         self.report = report
         self.reported_at = now
-        self.sent_since = max(0, self.sent_since - sent_at_start)
+        self._report_epoch = started
+        self._gone = 0
         self.last_error = None
 
     def failed(self, reason: str) -> None:
         self.last_error = reason
 
     def load(self, now: float, in_flight: int) -> float:
-        """Reported running + waiting, plus what this router sent since that scrape began and
-        may still be running (at most its in-flight count: a request sent and already done is
-        in neither); without fresh figures, the local in-flight count."""
+        """Reported running + waiting, less this router's requests it counted that have ended,
+        plus this router's requests sent since that scrape began; without fresh figures, the
+        local in-flight count."""
         report = self.report
         if report is None or now - self.reported_at > self._settings.stale_after:
             return float(in_flight)
-        return report.running + report.waiting + min(self.sent_since, in_flight)
+        reported = max(0.0, report.running + report.waiting - self._gone)
+        return reported + self.sent_since
 
     def kv_full(self, now: float) -> bool:
         """Reported KV usage is at or above ``load.kv_full`` (fresh figures only)."""

@@ -10,10 +10,12 @@ byte. It reads a replica only through ``load()``, ``usable(now)`` and
 3. If the request's longest known prefix has holders, the least-loaded holder that is not
    overloaded comes first (ties by rendezvous, so every router breaks them alike).
 4. Otherwise the prefix is placed by rendezvous (highest-random-weight) hashing of its key
-   over the replicas that are not overloaded and accept new prefixes: every router process,
-   with or without the shared index, puts the same new prefix on the same replica, and when
-   all holders of a hot prefix are overloaded the next replica in its rendezvous order takes
-   it (and joins its holders).
+   over the replicas that are not overloaded and accept new prefixes, skipping those whose
+   load exceeds the lightest one's by more than ``placement_slack``: every router process,
+   with or without the shared index, puts the same new prefix on the same replica while they
+   see the same loads, the prefixes of a busy fleet spread by load, and when all holders of a
+   hot prefix are overloaded the next replica in its rendezvous order takes it (and joins its
+   holders).
 5. A request without prefixes goes to the least-loaded replica (round robin among equals).
 """
 
@@ -77,8 +79,9 @@ class Picker:
         if warm:
             first = warm[0]
         else:
-            roomy = [r for r in fit if r.accepts_new_prefixes()]
-            first = (roomy or fit or by_weight)[0]
+            roomy = [r for r in fit if r.accepts_new_prefixes()] or fit or by_weight
+            lightest = min(loads[r.id] for r in roomy) + self._routing.placement_slack
+            first = next(r for r in roomy if loads[r.id] <= lightest)
         rest = [r for r in warm if r is not first]
         rest += [r for r in fit if r is not first and r.id not in held]
         rest += [r for r in by_weight if r is not first and r not in rest]

@@ -102,6 +102,13 @@ class Opened(Generic[P]):
     response: aiohttp.ClientResponse
     replica: Replica
     route: Route[P]
+    token: int  # the replica's load gauge token: pass it to ``end`` when the answer is over
+
+
+def end(replica: Replica, token: int) -> None:
+    """A request to ``replica`` is over: out of its in-flight count and its load gauge."""
+    replica.in_flight -= 1
+    replica.gauge.ended(token)
 
 
 class Attempts:
@@ -157,7 +164,9 @@ class Attempts:
                 ctx.fallback = pool.backend.name if index else None  # metrics: fallback used
                 sending(route, replica)
                 try:
-                    response = await self._attempt(ctx, replica, path, route.payload, deadline)
+                    response, token = await self._attempt(
+                        ctx, replica, path, route.payload, deadline
+                    )
                 except UpstreamError as exc:
                     verdict = failed(route, replica, exc)
                     self._log(ctx, replica, verdict)
@@ -166,18 +175,20 @@ class Attempts:
                     # metrics: retry by reason and pool (issue 12)
                     last = exc
                     continue
-                return Opened(response, replica, route)
+                return Opened(response, replica, route, token)
         if last is not None:
             raise last
         raise _nothing_usable(pools, self._clock())
 
     async def _attempt(
         self, ctx: RequestContext, replica: Replica, path: str, payload: bytes, deadline: float
-    ) -> aiohttp.ClientResponse:
+    ) -> tuple[aiohttp.ClientResponse, int]:
+        """One attempt; on success the replica counts it in flight (the caller ends it with
+        ``end``), on failure it is already ended."""
         ctx.attempts += 1
         ctx.replica = replica.id
         replica.in_flight += 1
-        replica.gauge.sent()
+        token = replica.gauge.sent()
         replica.health.begin(self._clock())
         sent = time.perf_counter()
         if ctx.attempts == 1:
@@ -188,20 +199,20 @@ class Attempts:
                     self._session(), replica, path, payload, {"X-Request-Id": ctx.request_id}
                 )
         except TimeoutError:
-            replica.in_flight -= 1
+            end(replica, token)
             raise UpstreamTimeout(
                 f"No answer from backend {replica.backend.name!r} replica {replica.id!r} "
                 "before the request's deadline."
             ) from None
         except UpstreamError:
-            replica.in_flight -= 1
+            end(replica, token)
             raise
         except BaseException:
-            replica.in_flight -= 1
+            end(replica, token)
             replica.health.abandoned()
             raise
         ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-        return response
+        return response, token
 
     @staticmethod
     def _log(ctx: RequestContext, replica: Replica, verdict: Verdict) -> None:

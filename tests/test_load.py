@@ -65,20 +65,21 @@ def test_without_a_report_the_load_is_local_in_flight() -> None:
     assert gauge().load(now=10.0, in_flight=3) == 3.0
 
 
-def test_fresh_report_plus_what_was_sent_since_and_is_still_running() -> None:
+def test_fresh_report_plus_what_was_sent_since() -> None:
     g = gauge(stale_after=2.0)
-    g.update(LoadReport(10, 5, 0.1), now=100.0, sent_at_start=0)
+    g.update(LoadReport(10, 5, 0.1), now=100.0, started=g.scrape_started())
     assert g.load(now=101.0, in_flight=0) == 15.0
-    g.sent()
-    g.sent()
+    first, second = g.sent(), g.sent()
     assert g.load(now=101.0, in_flight=2) == 17.0
-    # One of the two finished: it is in neither the report nor the router's in-flight count.
+    g.ended(first)  # sent after the scrape, so never in the report: only the addition goes
     assert g.load(now=101.0, in_flight=1) == 16.0
+    g.ended(second)
+    assert g.load(now=101.0, in_flight=0) == 15.0
 
 
 def test_stale_report_falls_back_to_local_in_flight() -> None:
     g = gauge(stale_after=2.0)
-    g.update(LoadReport(50, 50, 0.99), now=100.0, sent_at_start=0)
+    g.update(LoadReport(50, 50, 0.99), now=100.0, started=g.scrape_started())
     assert g.fresh(101.9) and not g.fresh(102.1)
     assert g.load(now=102.5, in_flight=1) == 1.0
     assert not g.kv_full(102.5)
@@ -86,18 +87,31 @@ def test_stale_report_falls_back_to_local_in_flight() -> None:
 
 def test_a_scrape_absorbs_what_was_sent_before_it_started() -> None:
     g = gauge()
-    g.sent()
-    g.sent()
+    early = [g.sent(), g.sent()]
     started = g.scrape_started()
-    g.sent()  # on the wire while the scrape ran: the report may not include it
-    g.update(LoadReport(2, 0, None), now=5.0, sent_at_start=started)
+    late = g.sent()  # on the wire while the scrape ran: the report may not include it
+    g.update(LoadReport(2, 0, None), now=5.0, started=started)
     assert g.sent_since == 1
     assert g.load(now=5.0, in_flight=3) == 3.0
+    # Requests the report counted end: they come off its figures at once.
+    for token in early:
+        g.ended(token)
+    assert g.load(now=5.0, in_flight=1) == 1.0
+    g.ended(late)
+    assert g.load(now=5.0, in_flight=0) == 0.0
+
+
+def test_the_reported_part_never_goes_below_zero() -> None:
+    g = gauge()
+    token = g.sent()
+    g.update(LoadReport(0, 0, None), now=1.0, started=g.scrape_started())
+    g.ended(token)  # it had ended before the replica was asked
+    assert g.load(now=1.0, in_flight=0) == 0.0
 
 
 def test_kv_full_refuses_new_prefixes_at_the_threshold() -> None:
     g = gauge(kv_full=0.9)
-    g.update(LoadReport(0, 0, 0.89), now=1.0, sent_at_start=0)
+    g.update(LoadReport(0, 0, 0.89), now=1.0, started=g.scrape_started())
     assert not g.kv_full(1.0)
-    g.update(LoadReport(0, 0, 0.9), now=1.0, sent_at_start=0)
+    g.update(LoadReport(0, 0, 0.9), now=1.0, started=g.scrape_started())
     assert g.kv_full(1.0)
