@@ -81,7 +81,14 @@ class Watcher:
         interval = self._config.load.interval
         failures = 0
         while True:
-            if await self.scrape(replica):
+            try:
+                ok = await self.scrape(replica)
+            except Exception:
+                # A bug here must not end the loop: the replica would fall back to local
+                # load for good, silently.
+                log.exception("replica %s: metrics scrape failed unexpectedly", replica.id)
+                ok = False
+            if ok:
                 failures = 0
                 await asyncio.sleep(interval)
             else:
@@ -119,7 +126,10 @@ class Watcher:
         # starting up does not open a burst of connections to every replica at once.
         while True:
             await asyncio.sleep(self._config.health.probe_interval)
-            await self.probe_due()
+            try:
+                await self.probe_due()
+            except Exception:
+                log.exception("health probes failed unexpectedly")
 
     async def probe_due(self) -> None:
         """Probe every replica whose metrics are not fresh or whose breaker awaits an answer."""
