@@ -209,3 +209,29 @@ def test_judge_classifies_failures() -> None:
     throttled.headers = {"retry-after-ms": "1500"}
     assert judge(throttled).retry_after == 1.5
     assert judge(UpstreamError("x", code="upstream_auth_failed")).failure is None
+
+
+def test_a_timed_out_replica_comes_back_once_it_answers_a_probe(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    from router.keys import WATCHER
+
+    frozen, good = scripted.new("frozen", mode="frozen"), scripted.new("good")
+
+    def edit(config: RouterConfig) -> RouterConfig:
+        config = text_pool([frozen.url, good.url], timeout={"connect": 1, "read": 0.3})(config)
+        return tune(config, routing={"policy": "round_robin", "replica_cooldown": 0})
+
+    live = make_stack(edit=edit)
+    for i in range(3):
+        create(live, str(i))
+    assert frozen.posts == 1
+    assert replica_state(live, "sim-text-f0")["waiting_for_answer"]
+    live.run(live.app[WATCHER].probe_due())  # a probe while it is still frozen: no answer
+    assert replica_state(live, "sim-text-f0")["state"] == "open"
+    scripted.set(frozen, mode="ok")
+    scripted.release(frozen)
+    live.run(live.app[WATCHER].probe_due())  # it answers now
+    raws = [create(live, f"after {i}") for i in range(4)]
+    assert "sim-text-f0" in {raw.headers["X-DI-Replica"] for raw in raws}
+    assert replica_state(live, "sim-text-f0")["state"] == "closed"
