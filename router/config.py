@@ -176,7 +176,7 @@ class RoutingConfig(_Frozen):
     # A new prefix goes, in rendezvous order, to the first replica whose load is within this
     # much of the least-loaded one's: deterministic while loads are even (every router agrees),
     # load-aware when they are not (so the prefixes of a busy fleet spread).
-    placement_slack: float = Field(default=2.0, ge=0)
+    placement_slack: float = Field(default=0.0, ge=0)
     replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
     retries: int = Field(default=2, ge=0, description="other replicas tried before the first byte")
     # Every attempt of a request (all pools) must have its response headers within this.
