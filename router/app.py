@@ -43,13 +43,16 @@ from router.keys import (
     OBJECTS,
     SESSION,
     STORE,
+    WATCHER,
 )
 from router.lifecycle import Lifecycle
 from router.limits import BodyParser
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
-from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
+from router.redis_store import RedisPrefixStore
+from router.store import MemoryPrefixStore, PrefixStore
 from router.upstream import new_session
+from router.watch import Watcher, attach
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ def create_app(
     )
     app[CONFIG] = config
     app[BALANCER] = Balancer(config)
+    attach(app[BALANCER], config)
     app[METRICS] = Metrics()
     app[BASE_HEADERS] = {
         "Access-Control-Allow-Origin": config.server.cors_allow_origin,
@@ -87,6 +91,7 @@ def create_app(
             dispatcher_ctx,
             body_parser_ctx,
             lifecycle_ctx,
+            watch_ctx,
         ]
     )
     app.on_response_prepare.append(edge.hide_server_banner)
@@ -115,6 +120,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
+    app.router.add_get("/health/backends", meta.health_backends)
     app.router.add_get("/ready", meta.ready)
     app.router.add_get("/metrics", meta.metrics)
 
@@ -135,6 +141,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                 key_prefix=cache.key_prefix,
                 timeout=cache.timeout_ms / 1000,
                 retry_after=cache.retry_after,
+                failure_threshold=cache.failure_threshold,
                 max_connections=app[CONFIG].upstream.connection_limit,
             )
             await redis_store.prepare()
@@ -183,6 +190,15 @@ async def lifecycle_ctx(app: web.Application) -> AsyncIterator[None]:
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
+
+
+async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics scrapes and health probes of every replica, in the background."""
+    watcher = Watcher(app[CONFIG], app[BALANCER])
+    await watcher.start()
+    app[WATCHER] = watcher
+    yield
+    await watcher.close()
 
 
 @web.middleware

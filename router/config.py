@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -73,9 +74,26 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_metrics(value: str) -> str:
+    """``auto``, ``off`` or an http(s) URL: where a replica publishes Prometheus metrics."""
+    if value in ("auto", "off") or re.match(r"^https?://[^/\s]+", value):
+        return value
+    raise ValueError("must be auto, off, or an http:// or https:// URL of a /metrics page")
+
+
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 reads a bare ``off`` as false.
+    return "off" if value is False else value
+
+
+MetricsSource = Annotated[str, BeforeValidator(_yaml_off), AfterValidator(_check_metrics)]
+
+
 class ReplicaConfig(_Frozen):
     id: str = Field(min_length=1)
     url: str
+    # Overrides the backend's ``metrics`` for this replica (a URL is per replica by nature).
+    metrics: MetricsSource | None = None
 
     @field_validator("url")
     @classmethod
@@ -121,12 +139,30 @@ class BackendConfig(_Frozen):
             return ()
         return tuple(v for v in REASONING_EFFORTS if v in self.reasoning_effort)
 
+    # Where replicas publish vLLM/SGLang metrics: auto = the replica URL's origin + /metrics.
+    metrics: MetricsSource = "auto"
+
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendConfig:
         ids = [r.id for r in self.replicas]
         if len(ids) != len(set(ids)):
             raise ValueError(f"replica ids must be unique within backend {self.name!r}")
+        if self.metrics not in ("auto", "off") and len(self.replicas) > 1:
+            raise ValueError(
+                "a metrics URL on the backend fits one replica only; give each replica its own "
+                "replicas[].metrics, or use auto"
+            )
         return self
+
+    def metrics_url(self, replica: ReplicaConfig) -> str | None:
+        """The replica's metrics page, or None when it publishes none."""
+        source = replica.metrics or self.metrics
+        if source == "off":
+            return None
+        if source == "auto":
+            origin = re.match(r"^https?://[^/\s]+", replica.url)
+            return origin.group(0) + "/metrics" if origin else None
+        return source
 
 
 RouteTarget = str | list[str]
@@ -151,6 +187,11 @@ class RoutesConfig(_Frozen):
 
     @model_validator(mode="after")
     def _effort_routes(self) -> RoutesConfig:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None and not _is_target(value):
+                key = "json" if name == "json_" else name
+                raise ValueError(f"route {key!r} must name a backend or a list of at least 1 item")
         for key, value in (self.model_extra or {}).items():
             request_type, at, effort = key.partition("@")
             if not at or request_type not in REQUEST_TYPES + OPTIONAL_TYPES:
@@ -291,8 +332,32 @@ class RoutingConfig(_Frozen):
     # than both thresholds (in the manner of SGLang's balance_abs/rel_threshold).
     balance_abs_threshold: int = Field(default=32, ge=0)
     balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    # A new prefix goes, in rendezvous order, to the first replica whose load is within this
+    # much of the least-loaded one's: deterministic while loads are even (every router agrees),
+    # load-aware when they are not (so the prefixes of a busy fleet spread).
+    placement_slack: float = Field(default=0.0, ge=0)
     replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
-    retries: int = Field(default=1, ge=0, description="other replicas tried before the first byte")
+    retries: int = Field(default=2, ge=0, description="other replicas tried before the first byte")
+    # Every attempt of a request (all pools) must have its response headers within this.
+    deadline: float = Field(default=300.0, gt=0, description="seconds until response headers")
+
+
+class HealthConfig(_Frozen):
+    """The per-replica circuit breaker and the background liveness checker."""
+
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures to open")
+    max_open: float = Field(default=60.0, gt=0, description="longest rest, Retry-After included")
+    probe_interval: float = Field(default=5.0, gt=0, description="seconds between probes")
+    probe_timeout: float = Field(default=2.0, gt=0)
+
+
+class LoadConfig(_Frozen):
+    """Scraping the replicas' own metrics (vLLM, SGLang) for their load and KV usage."""
+
+    interval: float = Field(default=0.25, gt=0, description="seconds between scrapes")
+    stale_after: float = Field(default=2.0, gt=0, description="older figures are not used")
+    timeout: float = Field(default=1.0, gt=0, description="one scrape's deadline")
+    kv_full: float = Field(default=0.95, gt=0, le=1, description="KV usage refusing new prefixes")
 
 
 class CacheConfig(_Frozen):
@@ -300,6 +365,12 @@ class CacheConfig(_Frozen):
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Redis faults in a row before it counts as down"
+    )
+    # Automatic prefixes: unmarked requests get affinity on their message boundaries.
+    automatic: bool = True
+    automatic_min_tokens: int = Field(default=1024, ge=0, description="estimated tokens")
     memory_max_entries: int = Field(default=100_000, gt=0)
     responses_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="stored objects, seconds")
     # Prefix-index entries are namespaced by tenant; true lets tenants share (one-team setups).
@@ -322,6 +393,7 @@ class ClassifyConfig(_Frozen):
 class UpstreamPoolConfig(_Frozen):
     connection_limit: int = Field(default=1024, gt=0)
     connection_limit_per_host: int = Field(default=256, gt=0)
+    max_body_size: ByteSize = Field(default=64 << 20, description="largest upstream JSON answer")
 
 
 class RouterConfig(_Frozen):
@@ -333,6 +405,8 @@ class RouterConfig(_Frozen):
     objects: ObjectsConfig = ObjectsConfig()
     upstream: UpstreamPoolConfig = UpstreamPoolConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    health: HealthConfig = HealthConfig()
+    load: LoadConfig = LoadConfig()
 
     @model_validator(mode="after")
     def _routes_name_backends(self) -> RouterConfig:
@@ -343,12 +417,19 @@ class RouterConfig(_Frozen):
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
         for key, targets in self.routes.routed().items():
+            if len(targets) != len(set(targets)):
+                raise ValueError(f"routes.{key} lists a backend twice")
             for target in targets:
                 if target not in names:
                     raise ValueError(
                         f"routes.{key} names backend {target!r}, which is not defined "
                         f"(defined: {', '.join(names)})"
                     )
+            apis = {b.api for b in self.backends if b.name in targets}
+            if len(apis) > 1:
+                raise ValueError(
+                    f"routes.{key}: fallback pools must speak the same api as the first"
+                )
         if self.server.redis_keys and not (self.objects.redis_url or self.cache.redis_url):
             raise ValueError("server.redis_keys needs objects.redis_url or cache.redis_url")
         for i, entry in enumerate(self.server.api_keys):
@@ -387,7 +468,7 @@ def embedded_config(
         )
         for name, replicas in pools.items()
     ]
-    routes = RoutesConfig(**{t: f"sim-{t}" for t in REQUEST_TYPES})
+    routes = RoutesConfig.model_validate({t: f"sim-{t}" for t in REQUEST_TYPES})
     return RouterConfig(server=ServerConfig(host=host, port=port), backends=backends, routes=routes)
 
 

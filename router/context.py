@@ -18,6 +18,9 @@ EXPOSED_HEADERS = (
     "X-DI-Replica",
     "X-DI-Cache",
     "X-DI-Effort",
+    "X-DI-Prefix-Tokens",
+    "X-DI-Attempts",
+    "X-DI-Fallback",
     "X-Request-Id",
     "Server-Timing",
     "X-DI-Tenant",
@@ -43,11 +46,14 @@ class RequestContext:
     backend: str | None = None  # the pool that serves (or was meant to serve) the request
     replica: str | None = None  # the replica id the request was sent to
     cache: str | None = None  # hit | miss | none | bypass
+    prefix_tokens: int | None = None  # estimated tokens of the matched prefix (0: none held)
     effort: str | None = None  # the effort level applied (router/effort.py), if any was asked
     # Which API family the path belongs to: its errors use that family's envelope.
     surface: str = "openai"  # openai | anthropic
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    attempts: int = 0  # upstream attempts made (retries and fallback pools included)
+    fallback: str | None = None  # the answering pool, when it is not the route's first
     # The key's holder; None when no keys are configured (one anonymous tenant).
     tenant: str | None = None
     allowed_types: frozenset[str] | None = None  # None: every type
@@ -55,7 +61,7 @@ class RequestContext:
     # Token usage the backend reported (or the router estimated when it reported none).
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int | None = None  # None: the backend reported no cached-token figure
     usage_reported: bool = False
     streamed_events: int = 0  # data events relayed, the estimate when no usage came
     client_gone: bool = False  # the client went away mid-stream
@@ -81,19 +87,29 @@ class RequestContext:
         if self.request_type is not None:
             headers["X-DI-Request-Type"] = self.request_type
         if self.backend is not None:
-            headers["X-DI-Backend"] = self.backend
+            self._routing_headers(headers)
+        optional = (
+            ("X-DI-Effort", self.effort),
+            ("X-DI-Tenant", self.tenant),
+            ("X-DI-Store", self.stored),
+        )
+        headers.update((name, value) for name, value in optional if value is not None)
+        if self.upstream_ms:
+            headers["Server-Timing"] = self.server_timing()
+        if self.extra_headers:
+            headers.update(self.extra_headers)
+        return headers
+
+    def _routing_headers(self, headers: dict[str, str]) -> None:
+        """Pool, replica, cache outcome and attempts: known once a pool was chosen."""
+        assert self.backend is not None
+        headers["X-DI-Backend"] = self.backend
+        headers["X-DI-Attempts"] = str(self.attempts)
         if self.replica is not None:
             headers["X-DI-Replica"] = self.replica
         if self.cache is not None:
             headers["X-DI-Cache"] = self.cache
-        if self.effort is not None:
-            headers["X-DI-Effort"] = self.effort
-        if self.upstream_ms:
-            headers["Server-Timing"] = self.server_timing()
-        if self.tenant is not None:
-            headers["X-DI-Tenant"] = self.tenant
-        if self.stored is not None:
-            headers["X-DI-Store"] = self.stored
-        if self.extra_headers:
-            headers.update(self.extra_headers)
-        return headers
+            if self.cache != "none" and self.prefix_tokens is not None:
+                headers["X-DI-Prefix-Tokens"] = str(self.prefix_tokens)
+        if self.fallback is not None:
+            headers["X-DI-Fallback"] = self.fallback

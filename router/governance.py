@@ -20,14 +20,14 @@ from router.keys import CONFIG, CONTEXT, KEYRING, LIMITER, OBJECTS, STORE, TENAN
 from router.keystore import RedisKeyStore
 from router.objects import RedisObjectStore
 from router.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, Verdict
-from router.store import RedisPrefixStore
+from router.redis_store import RedisPrefixStore
 from router.tenants import KeyRing, Tenant
 from router.usage import TenantCounters, tokens_used
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/health/backends", "/ready", "/metrics"})
 GENERATION_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
 )

@@ -17,6 +17,7 @@ from router.ratelimit import RateLimiter
 from router.store import PrefixStore
 from router.tenants import KeyRing
 from router.usage import TenantCounters
+from router.watch import Watcher
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -25,6 +26,7 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+WATCHER = web.AppKey("watcher", Watcher)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])

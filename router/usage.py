@@ -32,7 +32,8 @@ def note_usage(ctx: RequestContext, usage: Any) -> None:
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     ctx.prompt_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     ctx.completion_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    ctx.cached_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    ctx.cached_tokens = None if cached is None else _int(cached)
     ctx.usage_reported = True
 
 
@@ -49,7 +50,7 @@ def note_body(ctx: RequestContext, data: bytes) -> None:
         return
     ctx.prompt_tokens = figures.get(b"prompt_tokens", figures.get(b"input_tokens", 0))
     ctx.completion_tokens = figures.get(b"completion_tokens", figures.get(b"output_tokens", 0))
-    ctx.cached_tokens = figures.get(b"cached_tokens", 0)
+    ctx.cached_tokens = figures.get(b"cached_tokens")  # None: the backend reports none
     ctx.usage_reported = True
 
 
@@ -106,7 +107,7 @@ class TenantCounters:
         for kind, count in (
             ("prompt", ctx.prompt_tokens),
             ("completion", ctx.completion_tokens),
-            ("cached", ctx.cached_tokens),
+            ("cached", ctx.cached_tokens or 0),
         ):
             if count:
                 self.tokens[(tenant, app, kind)] += count

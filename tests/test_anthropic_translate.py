@@ -15,8 +15,8 @@ from router.anthropic import (
     request_to_chat,
     strip_markers,
 )
+from router.chain import build_chain
 from router.classify import RequestType, classify
-from router.prefix import find_breakpoints
 
 MARK = {"type": "ephemeral"}
 SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}}
@@ -205,8 +205,9 @@ def test_prefix_keys_equal_the_chat_conversations() -> None:
         ],
     )
     translated = request_to_chat(anthropic_body)
-    assert find_breakpoints(translated, "ns") == find_breakpoints(chat_body, "ns")
-    assert len(find_breakpoints(chat_body, "ns")) == 3
+    ours, theirs = build_chain(translated, "ns"), build_chain(chat_body, "ns")
+    assert [p.key for p in ours.records] == [p.key for p in theirs.records]
+    assert len(theirs.records) == 3
 
 
 def test_strip_markers_leaves_everything_else() -> None:

@@ -155,7 +155,6 @@ async def test_a_copy_that_cannot_be_encoded_never_fails_the_answer() -> None:
     from router.context import RequestContext
     from router.handlers.stored_chat import save
     from router.objects import MemoryObjectStore
-
     from router.tenants import owner
 
     objects = MemoryObjectStore(60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -24,7 +24,14 @@ from router.errors import (
     UpstreamError,
 )
 from router.keys import BODY_PARSER, CONFIG, CONTEXT
-from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
+from router.upstream import (
+    MalformedStream,
+    describe,
+    iter_sse_events,
+    model_field,
+    read_body,
+    rewrite_model,
+)
 from router.usage import note_body, note_event
 
 log = logging.getLogger(__name__)
@@ -114,7 +121,7 @@ async def relay_json(
     routed: Routed, ctx: RequestContext, client_model: str
 ) -> tuple[web.Response, bytes]:
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
-    data = await read_body(routed.response, where(routed))
+    data = await read_body(routed.response, where(routed), routed.body_limit)
     note_body(ctx, data)
     data = rewrite_model(data, model_field(client_model))
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
@@ -157,12 +164,17 @@ async def relay_sse(
     OpenAI-shaped error event and ``[DONE]``, so the client sees a failure rather than a
     silently short answer. A client that goes away ends the relay; the caller's context closes
     the upstream connection. ``on_event`` sees each data event (to keep a copy of the answer).
+
+    The client's headers wait for the upstream's first events: an answer that is not an event
+    stream at all (another content type, lines that are not SSE) is then still a plain 502.
     """
+    upstream = iter_sse_events(routed.response)
+    first = await _first_events(routed, upstream)
     response = await open_stream(request, ctx)
     field = model_field(client_model)
     done = failed = False
     try:
-        async for events in iter_sse_events(routed.response):
+        async for events in _chain(first, upstream):
             out = []
             for event in events:
                 if ends(event):
@@ -177,16 +189,56 @@ async def relay_sse(
                 return response
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
-        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        await write_error_tail(response, ctx, message, "upstream_error")
+        routed.broken = True
+        if isinstance(exc, MalformedStream):
+            message, code = f"The {where(routed)}: {exc}.", "upstream_bad_response"
+        else:
+            message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+            code = "upstream_error"
+        await write_error_tail(response, ctx, message, code)
         return response
     if not done:
+        routed.broken = True
         if failed:
             await write_error_tail(response, ctx, None, None)
         else:
             message = f"The {where(routed)} ended the stream early."
             await write_error_tail(response, ctx, message, "upstream_error")
     return response
+
+
+async def _first_events(routed: Routed, upstream: AsyncIterator[list[bytes]]) -> list[bytes]:
+    """The stream's first batch of events, or a 502 if what came is not an event stream."""
+    media = routed.response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media != "text/event-stream":
+        routed.response.close()
+        raise UpstreamError(
+            f"The {where(routed)} answered a streaming request with {media or 'no'!r} content "
+            "instead of an event stream.",
+            code="upstream_bad_response",
+        )
+    try:
+        first = await anext(upstream, None)
+    except MalformedStream as exc:
+        raise UpstreamError(f"The {where(routed)}: {exc}.", code="upstream_bad_response") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(
+            f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+        ) from None
+    if first is None:
+        raise UpstreamError(
+            f"The {where(routed)} ended the stream before any event.",
+            code="upstream_bad_response",
+        )
+    return first
+
+
+async def _chain(
+    first: list[bytes], rest: AsyncIterator[list[bytes]]
+) -> AsyncIterator[list[bytes]]:
+    yield first
+    async for events in rest:
+        yield events
 
 
 async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestContext) -> bool:

@@ -121,7 +121,7 @@ async def _via_chat_backend(
                 message_id=message_id, model=body["model"], stop_sequences=stops
             )
             return await _stream(request, routed, ctx, events)
-        data = await read_body(routed.response, where(routed))
+        data = await read_body(routed.response, where(routed), routed.body_limit)
     try:
         result = chat_to_message(
             orjson.loads(data), message_id=message_id, model=body["model"], stop_sequences=stops

@@ -47,7 +47,7 @@ from router.responses import (
     response_to_history,
 )
 from router.tenants import owner
-from router.upstream import describe, iter_sse_events, read_body
+from router.upstream import iter_sse_events, read_body
 from router.usage import note_body, note_event
 from router.validate import check_cache_markers, check_model
 
@@ -122,22 +122,22 @@ async def _via_chat_backend(
             )
             reply = await _stream_events(request, routed, ctx, events)
         else:
-            data = await read_body(routed.response, where(routed))
+            data = await read_body(routed.response, where(routed), routed.body_limit)
             note_body(ctx, data)
+            try:
+                result = chat_to_response(
+                    orjson.loads(data), request=body, response_id=response_id, created_at=created_at
+                )
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise UpstreamError(
+                    f"The {where(routed)} answered with something that is not a chat completion."
+                ) from None
     if body.get("stream"):
         # After the upstream connection is released; a stream the client cut off is not stored.
         if not ctx.client_gone:
             await _save(objects, ctx, body, chat, events.response)
             await tell_stream(reply, ctx)
         return reply
-    try:
-        result = chat_to_response(
-            orjson.loads(data), request=body, response_id=response_id, created_at=created_at
-        )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise UpstreamError(
-            f"The {describe(routed.replica)} answered with something that is not a chat completion."
-        ) from None
     await _save(objects, ctx, body, chat, result)
     return web.json_response(result, headers=ctx.headers, dumps=_dumps)
 
@@ -241,8 +241,8 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
         if isinstance(items, list):
             out["input"] = out["messages"]
         del out["messages"]
-    if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
-        out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
+    if backend.prompt_cache_key and plan.prompt_cache_key and "prompt_cache_key" not in body:
+        out = {**out, "prompt_cache_key": plan.prompt_cache_key}
     if plan.cache_salt is not None:
         out = {**out, "cache_salt": plan.cache_salt}
     level = effort.backend_value(plan.effort, backend.reasoning_efforts)
@@ -266,6 +266,7 @@ async def _stream_events(
         closing = await _relay_events(reply, routed, ctx, events)
     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
         # A broken transport, or chunks that are not the chat stream they claim to be.
+        routed.broken = True
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         log.warning("request %s: %s", ctx.request_id, message)
         closing = events.fail(message)
