@@ -14,7 +14,6 @@ TTL are never evicted.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -25,9 +24,8 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from router.store import StoreUnavailable
+from router.store import redis_answer
 
 KEY_PREFIX = "sk-di-"
 
@@ -129,8 +127,4 @@ class RedisKeyStore:
         return True
 
     async def _run(self, call: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
+        return await redis_answer(call, self._timeout)

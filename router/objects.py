@@ -21,7 +21,6 @@ and into an ``X-DI-Store: failed`` header and a logged warning for writes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -31,9 +30,8 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from router.store import StoreUnavailable
+from router.store import StoreUnavailable, redis_answer
 
 MAX_SCAN = 1000  # ids a filtered listing may read per request
 
@@ -271,8 +269,4 @@ class RedisObjectStore(ObjectStore):
         return Page(items, True)
 
     async def _run(self, call: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
+        return await redis_answer(call, self._timeout)

@@ -229,7 +229,9 @@ class RedisPrefixStore(PrefixStore):
                 await self.redis.script_load(_RECORD_LUA)
                 await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
         except _FAULTS as exc:
-            log.warning("redis not reachable at start-up (%s); local index only", exc)
+            log.warning(
+                "redis not reachable at start-up (%s); local index only", type(exc).__name__
+            )
 
     async def flush(self) -> None:
         if self._tasks:

@@ -13,17 +13,34 @@ served a request for it anyway).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
 
 from router.chain import Prefix
 
 
 class StoreUnavailable(Exception):
     """A shared store could not answer in time."""
+
+
+async def redis_answer(call: Any, seconds: float) -> Any:
+    """The answer to one Redis command or pipeline, within ``seconds``.
+
+    Any fault becomes ``StoreUnavailable`` named by its type only: a Redis error's text can
+    carry the server's address.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
 
 
 @dataclass(frozen=True, slots=True)
