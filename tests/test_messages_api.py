@@ -328,3 +328,25 @@ def test_structured_output_routes_to_json(client: anthropic.Anthropic) -> None:
     assert block.type == "text"
     document = json.loads(block.text)
     assert isinstance(document["name"], str) and isinstance(document["age"], int)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tokens_through_a_chat_backend_are_counted(stack: Stack, stream: bool) -> None:
+    """Usage the chat backend reports reaches the per-tenant counters (and token limits)."""
+    title = f"messages-usage-{stream}"
+    with anthropic.Anthropic(
+        base_url=base(stack), api_key="test", max_retries=0, default_headers={"X-Title": title}
+    ) as titled:
+        if stream:
+            with titled.messages.stream(model="m", max_tokens=6, messages=USER) as events:
+                events.get_final_message()
+        else:
+            titled.messages.create(model="m", max_tokens=6, messages=USER)
+
+    async def metrics() -> str:
+        async with aiohttp.ClientSession() as session, session.get(base(stack) + "/metrics") as r:
+            return await r.text()
+
+    lines = stack.run(metrics()).splitlines()
+    completion = [ln for ln in lines if f'app="{title}",kind="completion"' in ln]
+    assert completion and completion[0].endswith(" 6")

@@ -13,7 +13,6 @@ import logging
 import uuid
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -27,19 +26,16 @@ from router.anthropic import (
     strip_markers,
 )
 from router.context import RequestContext
-from router.dispatch import Plan, Routed
-from router.errors import InvalidRequest, UpstreamError
+from router.dispatch import Plan
+from router.errors import InvalidRequest
 from router.handlers.common import (
     context,
-    open_stream,
     read_json,
     relay_json,
     relay_sse,
-    where,
-    write_or_gone,
 )
+from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
-from router.upstream import iter_sse_events, read_body
 
 log = logging.getLogger(__name__)
 
@@ -120,63 +116,14 @@ async def _via_chat_backend(
             events = ChatToMessageEvents(
                 message_id=message_id, model=body["model"], stop_sequences=stops
             )
-            return await _stream(request, routed, ctx, events)
-        data = await read_body(routed.response, where(routed), routed.body_limit)
-    try:
-        result = chat_to_message(
-            orjson.loads(data), message_id=message_id, model=body["model"], stop_sequences=stops
+            return await relay_translated(request, routed, ctx, events)
+        result = await translate_answer(
+            routed,
+            ctx,
+            lambda answer: chat_to_message(
+                answer, message_id=message_id, model=body["model"], stop_sequences=stops
+            ),
         )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise UpstreamError(
-            f"The {where(routed)} answered with something that is not a chat completion."
-        ) from None
     return web.Response(
         body=orjson.dumps(result), content_type="application/json", headers=ctx.headers
     )
-
-
-async def _stream(
-    request: web.Request, routed: Routed, ctx: RequestContext, events: ChatToMessageEvents
-) -> web.StreamResponse:
-    """Relay a chat stream as Messages events; a failure ends it with an ``error`` event."""
-    reply = await open_stream(request, ctx)
-    if not await write_or_gone(reply, b"".join(events.start()), ctx):
-        return reply
-    try:
-        closing = await _relay(reply, routed, ctx, events)
-    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
-        # A broken transport, or chunks that are not the chat stream they claim to be.
-        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        log.warning("request %s: %s", ctx.request_id, message)
-        closing = [] if events.ended else events.fail(message)
-    if closing:
-        await write_or_gone(reply, b"".join(closing), ctx)
-    return reply
-
-
-async def _relay(
-    reply: web.StreamResponse, routed: Routed, ctx: RequestContext, events: ChatToMessageEvents
-) -> list[bytes]:
-    """Translate chunks as they come; returns the closing frames still to write."""
-    async for batch in iter_sse_events(routed.response):
-        if events.ended:
-            continue  # read to the end, so the upstream connection can be reused
-        frames: list[bytes] = []
-        for event in batch:
-            data = event[5:].strip() if event.startswith(b"data:") else None
-            if data is None:
-                continue
-            if data == b"[DONE]":
-                frames += events.finish()
-                break
-            chunk = orjson.loads(data)
-            if "error" in chunk:
-                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                frames += events.fail(str(error.get("message") or "upstream error"))
-                break
-            frames += events.feed(chunk)
-        if frames and not await write_or_gone(reply, b"".join(frames), ctx):
-            return []
-    if not events.ended:
-        return events.fail(f"The {where(routed)} ended the stream early.")
-    return []

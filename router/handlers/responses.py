@@ -14,26 +14,23 @@ import time
 import uuid
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from router import effort
 from router.context import RequestContext
-from router.dispatch import Plan, Routed
-from router.errors import InvalidRequest, NotFound, UpstreamError
+from router.dispatch import Plan
+from router.errors import InvalidRequest, NotFound
 from router.handlers.common import (
     context,
-    open_stream,
     read_json,
     relay_json,
     relay_sse,
     responses_stream_end,
-    where,
-    write_or_gone,
 )
 from router.handlers.listing import guarded, list_response, newest_first, page_limit
 from router.handlers.stored_chat import put_or_warn, tell_stream
+from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER, OBJECTS
 from router.objects import ObjectStore
 from router.prefix import strip_cache_control
@@ -47,8 +44,6 @@ from router.responses import (
     response_to_history,
 )
 from router.tenants import owner
-from router.upstream import iter_sse_events, read_body
-from router.usage import note_body, note_event
 from router.validate import check_cache_markers, check_model
 
 log = logging.getLogger(__name__)
@@ -120,18 +115,15 @@ async def _via_chat_backend(
             events = ChatToResponseEvents(
                 request=body, response_id=response_id, created_at=created_at
             )
-            reply = await _stream_events(request, routed, ctx, events)
+            reply = await relay_translated(request, routed, ctx, events)
         else:
-            data = await read_body(routed.response, where(routed), routed.body_limit)
-            note_body(ctx, data)
-            try:
-                result = chat_to_response(
-                    orjson.loads(data), request=body, response_id=response_id, created_at=created_at
-                )
-            except (ValueError, TypeError, KeyError, AttributeError):
-                raise UpstreamError(
-                    f"The {where(routed)} answered with something that is not a chat completion."
-                ) from None
+            result = await translate_answer(
+                routed,
+                ctx,
+                lambda answer: chat_to_response(
+                    answer, request=body, response_id=response_id, created_at=created_at
+                ),
+            )
     if body.get("stream"):
         # After the upstream connection is released; a stream the client cut off is not stored.
         if not ctx.client_gone:
@@ -253,58 +245,6 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
             "reasoning": {**(reasoning if isinstance(reasoning, dict) else {}), "effort": level},
         }
     return orjson.dumps(out)
-
-
-async def _stream_events(
-    request: web.Request, routed: Routed, ctx: RequestContext, events: ChatToResponseEvents
-) -> web.StreamResponse:
-    """Relay a chat stream as typed Responses events; failures end in ``response.failed``."""
-    reply = await open_stream(request, ctx)
-    if not await write_or_gone(reply, b"".join(events.start()), ctx):
-        return reply
-    try:
-        closing = await _relay_events(reply, routed, ctx, events)
-    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
-        # A broken transport, or chunks that are not the chat stream they claim to be.
-        routed.broken = True
-        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        log.warning("request %s: %s", ctx.request_id, message)
-        closing = events.fail(message)
-    if closing:
-        await write_or_gone(reply, b"".join(closing), ctx)
-    return reply
-
-
-async def _relay_events(
-    reply: web.StreamResponse, routed: Routed, ctx: RequestContext, events: ChatToResponseEvents
-) -> list[bytes]:
-    """Translate chunks as they come; returns the closing frames still to write."""
-    closing: list[bytes] | None = None
-    async for batch in iter_sse_events(routed.response):
-        if closing is not None:
-            continue  # read to the end, so the upstream connection can be reused
-        frames: list[bytes] = []
-        for event in batch:
-            note_event(ctx, event)
-            data = event[5:].strip() if event.startswith(b"data:") else None
-            if data is None:
-                continue
-            if data == b"[DONE]":
-                closing = events.finish()
-                break
-            chunk = orjson.loads(data)
-            if "error" in chunk:
-                error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                closing = events.fail(str(error.get("message", "upstream error")))
-                break
-            frames += events.feed(chunk)
-        if closing is not None:
-            frames, closing = frames + closing, []
-        if frames and not await write_or_gone(reply, b"".join(frames), ctx):
-            return []
-    if closing is None:
-        return events.fail(f"The {where(routed)} ended the stream early.")
-    return closing
 
 
 async def _save(
