@@ -124,34 +124,47 @@ class TenantCounters:
         return label
 
     def render(self) -> str:
+        requests = {
+            f'tenant="{_esc(tenant)}",app="{_esc(app)}",status="{status}"': n
+            for (tenant, app, status), n in sorted(self.requests.items())
+        }
+        tokens = {
+            f'tenant="{_esc(tenant)}",app="{_esc(app)}",kind="{kind}"': n
+            for (tenant, app, kind), n in sorted(self.tokens.items())
+        }
+        limited = {
+            f'tenant="{_esc(tenant)}",limit="{limit}"': n
+            for (tenant, limit), n in sorted(self.limited.items())
+        }
         lines = [
-            "# HELP di_tenant_requests_total Requests per tenant and app (X-Title).",
-            "# TYPE di_tenant_requests_total counter",
-        ]
-        for (tenant, app, status), n in sorted(self.requests.items()):
-            labels = f'tenant="{_esc(tenant)}",app="{_esc(app)}",status="{status}"'
-            lines.append(f"di_tenant_requests_total{{{labels}}} {n}")
-        lines += [
-            "# HELP di_tenant_tokens_total Tokens per tenant and app, as the backends report.",
-            "# TYPE di_tenant_tokens_total counter",
-        ]
-        for (tenant, app, kind), n in sorted(self.tokens.items()):
-            labels = f'tenant="{_esc(tenant)}",app="{_esc(app)}",kind="{kind}"'
-            lines.append(f"di_tenant_tokens_total{{{labels}}} {n}")
-        lines += [
-            "# HELP di_ratelimit_rejected_total Requests refused with 429, by tenant and limit.",
-            "# TYPE di_ratelimit_rejected_total counter",
-        ]
-        for (tenant, limit), n in sorted(self.limited.items()):
-            lines.append(
-                f'di_ratelimit_rejected_total{{tenant="{_esc(tenant)}",limit="{limit}"}} {n}'
-            )
-        lines += [
-            "# HELP di_ratelimit_bypass_total Limited requests served unchecked (Redis down).",
-            "# TYPE di_ratelimit_bypass_total counter",
-            f"di_ratelimit_bypass_total {self.bypassed}",
+            *_counter(
+                "di_tenant_requests_total", "Requests per tenant and app (X-Title).", requests
+            ),
+            *_counter(
+                "di_tenant_tokens_total",
+                "Tokens per tenant and app, as the backends report.",
+                tokens,
+            ),
+            *_counter(
+                "di_ratelimit_rejected_total",
+                "Requests refused with 429, by tenant and limit.",
+                limited,
+            ),
+            *_counter(
+                "di_ratelimit_bypass_total",
+                "Limited requests served unchecked (Redis down).",
+                {"": self.bypassed},
+            ),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _counter(name: str, help_text: str, samples: dict[str, int]) -> list[str]:
+    """One counter family in the Prometheus text format; ``samples`` maps labels to values."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    for labels, value in samples.items():
+        lines.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
+    return lines
 
 
 def _esc(value: str) -> str:
