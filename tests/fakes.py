@@ -8,39 +8,31 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
+@dataclass(kw_only=True)
+class ServedFake:
+    """A fake upstream on a free 127.0.0.1 port, its base URL ending in ``/v1``.
 
+    ``release`` holds handlers that wait on purpose; ``close`` sets it first, so no handler
+    keeps the server's shutdown waiting.
+    """
 
-@dataclass
-class FakeUpstream:
-    """Answers each POST per ``mode``: ``echo`` (a chat.completion), ``hang``, ``status``."""
-
-    mode: str = "echo"
-    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed"
-    status: int = 500
-    error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
-    model: str = "upstream-model"
-    error_headers: dict[str, str] = field(default_factory=dict)
-    received: list[Received] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     runner: web.AppRunner | None = None
     url: str = ""
 
-    async def start(self) -> FakeUpstream:
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
         app = web.Application()
-        app.router.add_post("/v1/{tail:.*}", self._handle)
-        app.router.add_get("/v1/models", self._models)
-        self.runner = web.AppRunner(app, handler_cancellation=True)
+        self.add_routes(app)
+        self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -51,6 +43,30 @@ class FakeUpstream:
         self.release.set()
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeUpstream(ServedFake):
+    """Answers each POST per ``mode``: ``echo`` (a chat.completion), ``hang``, ``status``."""
+
+    mode: str = "echo"
+    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed"
+    status: int = 500
+    error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
+    model: str = "upstream-model"
+    error_headers: dict[str, str] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/{tail:.*}", self._handle)
+        app.router.add_get("/v1/models", self._models)
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})

@@ -7,13 +7,13 @@ failing or a misbehaving replica on purpose.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
 
 from .conftest import LoopThread
+from .fakes import ServedFake
 
 OK_BODY = {
     "id": "chatcmpl-scripted",
@@ -48,7 +48,7 @@ def vllm_metrics(running: float, waiting: float, kv: float = 0.1) -> bytes:
 
 
 @dataclass
-class Scripted:
+class Scripted(ServedFake):
     """One fake replica. ``mode`` for POSTs: ok, status, frozen (everything hangs, as under
     SIGSTOP), redirect, garbage, empty, sse_garbage (from the start), sse_garbage_late (after
     one good chunk), drop (close before answering)."""
@@ -62,30 +62,15 @@ class Scripted:
     posts: int = 0
     scrapes: int = 0
     probes: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    runner: web.AppRunner | None = None
-    url: str = ""
 
     @property
     def origin(self) -> str:
         return self.url.removesuffix("/v1")
 
-    async def start(self) -> Scripted:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/{tail:.*}", self._post)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
-        self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
-        return self
-
-    async def close(self) -> None:
-        self.release.set()
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     async def _frozen(self) -> None:
         if self.mode == "frozen":
