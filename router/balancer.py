@@ -11,12 +11,11 @@ nearly full. ``router.watch.attach`` configures both per replica and keeps them 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from router.config import BackendConfig, HealthConfig, LoadConfig, RouterConfig, RoutingConfig
+from router.config import BackendConfig, HealthConfig, LoadConfig, RouterConfig
 from router.health import ReplicaHealth
 from router.load import LoadGauge
 
@@ -27,7 +26,6 @@ class Replica:
     url: str
     backend: BackendConfig
     in_flight: int = 0
-    down_until: float = 0.0
     health: ReplicaHealth = field(default_factory=lambda: ReplicaHealth(HealthConfig(), 5.0))
     gauge: LoadGauge = field(default_factory=lambda: LoadGauge(LoadConfig()))
     # Built once, not per request: the backend's timeouts and upstream auth header.
@@ -50,7 +48,7 @@ class Replica:
 
     def usable(self, now: float) -> bool:
         """Whether requests may be sent to it now: its circuit breaker lets them through."""
-        return self.down_until <= now and self.health.usable(now)
+        return self.health.usable(now)
 
     def accepts_new_prefixes(self, now: float | None = None) -> bool:
         """Whether to place prefixes it does not hold yet here: not while it reports KV usage
@@ -69,17 +67,9 @@ class Pool:
 
 
 class Balancer:
-    """The pools of replicas, and their health as this process sees it."""
+    """The pools of replicas; each replica's health is its breaker (``router.health``)."""
 
-    def __init__(self, config: RouterConfig, *, clock: Callable[[], float] = time.monotonic):
-        self._routing: RoutingConfig = config.routing
-        self._clock = clock
+    def __init__(self, config: RouterConfig) -> None:
         self.pools: dict[str, Pool] = {
             b.name: Pool(b, [Replica(r.id, r.url, b) for r in b.replicas]) for b in config.backends
         }
-
-    def mark_failed(self, replica: Replica) -> None:
-        replica.down_until = self._clock() + self._routing.replica_cooldown
-
-    def mark_ok(self, replica: Replica) -> None:
-        replica.down_until = 0.0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
 
 from router.context import RequestContext
 
@@ -23,18 +22,6 @@ _FIGURE = re.compile(
     rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens)"\s*:\s*(\d+)'
 )
 _USAGE_SPAN = 1024  # a usage object with its details fits well within this
-
-
-def note_usage(ctx: RequestContext, usage: Any) -> None:
-    """Record a backend ``usage`` object (chat or Responses shape) on the request's context."""
-    if not isinstance(usage, dict):
-        return
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    ctx.prompt_tokens = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    ctx.completion_tokens = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    ctx.cached_tokens = None if cached is None else _int(cached)
-    ctx.usage_reported = True
 
 
 def note_body(ctx: RequestContext, data: bytes) -> None:
@@ -84,10 +71,6 @@ def app_label(title: str | None) -> str:
     if not title:
         return ""
     return _TITLE.sub("", title)[:64]
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 class TenantCounters:

@@ -6,6 +6,7 @@ from typing import Any
 
 from router.balancer import Balancer, Pool
 from router.config import RouterConfig
+from router.health import Failure
 from router.picker import Picker, rendezvous
 
 
@@ -34,7 +35,7 @@ def make(replicas: int = 3, **routing: Any) -> tuple[Balancer, Picker, Pool, Clo
         }
     )
     clock = Clock()
-    balancer = Balancer(config, clock=clock)
+    balancer = Balancer(config)
     return balancer, Picker(config.routing, clock=clock), balancer.pools["pool"], clock
 
 
@@ -101,8 +102,8 @@ def test_round_robin_ignores_affinity() -> None:
 
 
 def test_failed_replica_rests_then_returns() -> None:
-    balancer, picker, pool, clock = make(replicas=2, replica_cooldown=5)
-    balancer.mark_failed(pool.replicas[0])
+    _, picker, pool, clock = make(replicas=2, replica_cooldown=5)
+    pool.replicas[0].health.failed(Failure.CONNECT, clock.now)
     assert {first(picker, pool) for _ in range(4)} == {"r1"}
     assert first(picker, pool, holders=["r0"], key="k") == "r1"
     clock.now += 6
@@ -110,7 +111,7 @@ def test_failed_replica_rests_then_returns() -> None:
 
 
 def test_all_resting_are_tried_anyway() -> None:
-    balancer, picker, pool, _ = make(replicas=2)
+    _, picker, pool, clock = make(replicas=2)
     for replica in pool.replicas:
-        balancer.mark_failed(replica)
+        replica.health.failed(Failure.CONNECT, clock.now)
     assert len(picker.rank(pool, key="k").candidates) == 2
