@@ -76,8 +76,10 @@ def new_key() -> str:
     return KEY_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 
 
-def digest_hex(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def key_digest(key: str) -> bytes:
+    """How every key is known: configured keys, stored ones, and the one a request presents."""
+    # A header may carry any byte; aiohttp hands non-ASCII ones over as surrogate escapes.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 class RedisKeyStore:
@@ -99,7 +101,7 @@ class RedisKeyStore:
     async def create(self, record: KeyRecord) -> str:
         """Store a new key for ``record.name`` and return it (the only time it is seen)."""
         key = new_key()
-        digest = digest_hex(key)
+        digest = key_digest(key).hex()
         record = dataclasses.replace(record, created=int(time.time()))
         # HSETNX first: two concurrent creates of one name cannot both win.
         if not await self._run(self.redis.hsetnx(self.names_key(), record.name, digest)):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from router.config import ApiKeyConfig, RouterConfig
 from router.context import RequestContext
 from router.errors import Forbidden, ServiceUnavailable, Unauthorized
-from router.keystore import RedisKeyStore
+from router.keystore import RedisKeyStore, key_digest
 from router.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,6 @@ class Tenant:
     @property
     def limited(self) -> bool:
         return self.rpm is not None or self.tpm is not None
-
-
-def key_digest(key: str) -> bytes:
-    # A header may carry any byte; aiohttp hands non-ASCII ones over as surrogate escapes.
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def generated_name(key: str) -> str:
