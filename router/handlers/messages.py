@@ -9,7 +9,6 @@ Errors on these paths use Anthropic's envelope (the middleware picks it by path)
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
@@ -36,8 +35,6 @@ from router.handlers.common import (
 )
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
-
-log = logging.getLogger(__name__)
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,6 @@ the client's body as it came.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
 from typing import Any
@@ -45,8 +44,6 @@ from router.responses import (
 )
 from router.tenants import owner
 from router.validate import check_cache_markers, check_model
-
-log = logging.getLogger(__name__)
 
 KIND = "response"
 
