@@ -25,13 +25,12 @@ import logging
 import resource
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from router.config import ServerConfig
-from router.errors import error_envelope
+from router.errors import InvalidRequest, RouterError
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,8 @@ def connection_cap(configured: int) -> int:
 def raw_error(status: int, reason: str, message: str, code: str) -> bytes:
     """A whole HTTP/1.1 error response with the OpenAI envelope, for use below aiohttp's
     request handling (no request object exists yet)."""
-    body = orjson.dumps(error_envelope(message, "invalid_request_error", None, code))
-    if status >= 500:
-        body = orjson.dumps(error_envelope(message, "server_error", None, code))
+    error = RouterError if status >= 500 else InvalidRequest
+    body = error(message, code=code, status=status).body()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\nServer: {SERVER_NAME}\r\n\r\n"
@@ -167,16 +165,16 @@ class GuardedHandler(RequestHandler):
         if status >= 500:
             log.error("transport error %s", type(exc).__name__ if exc else status)
             text = "The router failed to handle this connection."
-            envelope = error_envelope(text, "server_error", None, "server_error")
+            error: RouterError = RouterError(text, code="server_error")
         else:
             text = message or (str(exc) if exc else "") or "bad request"
             reason = loggable(text.strip().splitlines()[0]).rstrip(":")
             log.info("rejected a malformed request: %s", reason[:200])
             text = f"The HTTP request could not be parsed: {reason[:200]}"
-            envelope = error_envelope(text, "invalid_request_error", None, "bad_http_request")
+            error = InvalidRequest(text, code="bad_http_request")
         response = web.Response(
             status=status,
-            body=orjson.dumps(envelope),
+            body=error.body(),
             content_type="application/json",
             headers={"Server": SERVER_NAME},
         )
