@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from pydantic import SecretStr
@@ -83,6 +84,20 @@ def test_no_cache_salt_without_the_switch_or_without_keys(
     )
     live.client().chat.completions.create(model="m", messages=user_msg())
     assert "cache_salt" not in fake_upstream.upstream.received[-1].body
+
+
+def test_cache_salt_reaches_a_messages_backend(make_stack: Any, fake_upstream: Fake) -> None:
+    def edit(config: RouterConfig) -> RouterConfig:
+        routed = with_replicas(
+            config, "sim-text", [fake_upstream.url], api="messages", cache_salt=True
+        )
+        return two_keys(routed)
+
+    live: Stack = make_stack(edit=edit)
+    base = live.base_url.removesuffix("/v1")
+    with anthropic.Anthropic(base_url=base, api_key=KEY_A, max_retries=0) as a:
+        a.messages.create(model="m", max_tokens=5, messages=user_msg())
+    assert fake_upstream.upstream.received[-1].body["cache_salt"] == cache_salt("team-a")
 
 
 def user_msg() -> list[Any]:

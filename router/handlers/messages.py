@@ -86,13 +86,16 @@ async def _via_messages_backend(
 
 
 def _passthrough(body: dict[str, Any], raw: bytes, plan: Plan) -> bytes:
-    """The client's bytes, unless the backend's model name or cache_control setting differs."""
+    """The client's bytes, unless the backend's model, cache_control or cache_salt setting
+    changes them."""
     backend = plan.backend
     out = body
     if backend.model and body.get("model") != backend.model:
         out = {**out, "model": backend.model}
     if plan.marked and not backend.forward_cache_control:
         out = strip_markers(out)
+    if plan.cache_salt is not None:  # the router's, never the client's: tenants stay apart
+        out = {**out, "cache_salt": plan.cache_salt}
     return raw if out is body else orjson.dumps(out)
 
 
