@@ -57,7 +57,7 @@ class FakeUpstream(ServedFake):
     """Answers each POST per ``mode``: ``echo`` (a chat.completion), ``hang``, ``status``."""
 
     mode: str = "echo"
-    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed"
+    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed", "error"
     status: int = 500
     error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
     model: str = "upstream-model"
@@ -207,6 +207,8 @@ class FakeUpstream(ServedFake):
             await response.write(data[10:])
         if self.stream_style == "truncated":
             await response.write(b'data: {"id":"chatcmpl-fake","object":"chat.comp')
+        elif self.stream_style == "error":  # vLLM's way: an error event, then [DONE]
+            await response.write(b"data: " + self.error_body + b"\n\n" + b"data: [DONE]\n\n")
         elif self.stream_style == "nospace_done":
             await response.write(b"data:[DONE]\n\n")
         else:

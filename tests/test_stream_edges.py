@@ -69,6 +69,25 @@ async def test_malformed_chunk_in_a_translated_responses_stream_fails_it(
     assert b"HTTP/1.1" not in data  # never a second response inside the stream
 
 
+@pytest.mark.parametrize("path", ["/responses", "/messages"])
+async def test_an_error_event_in_a_translated_stream_names_no_replica_url(
+    make_stack: Any, fake_upstream: Fake, path: str
+) -> None:
+    upstream = fake_upstream.upstream
+    upstream.stream_style = "error"
+    upstream.error_body = (
+        b'{"error": {"message": "KV full at ' + fake_upstream.url.encode() + b'"}}'
+    )
+    live = on_fake(make_stack, fake_upstream)
+    body: dict[str, Any] = {"model": "m", "input": "hi"}
+    if path == "/messages":
+        body = {**CHAT, "max_tokens": 5}
+    last = events_of(await post_stream(live, path, body))[-1]
+    assert b"KV full at [redacted]" in last
+    assert fake_upstream.url.encode() not in last
+    assert fake_upstream.url.split("//")[1].split(":")[0].encode() not in last
+
+
 def test_responses_backend_streams_end_without_done_and_are_stored(
     make_stack: Any, fake_upstream: Fake
 ) -> None:

@@ -21,7 +21,7 @@ from router.context import RequestContext
 from router.dispatch import Routed
 from router.errors import UpstreamError
 from router.handlers.common import open_stream, where, write_or_gone
-from router.upstream import iter_sse_events, read_body
+from router.upstream import iter_sse_events, read_body, scrub
 from router.usage import note_body, note_event
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ class _Relay:
             if "error" in chunk:
                 self._routed.broken = True
                 error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                message = str(error.get("message") or "upstream error")
+                # Like an error status's body, its text may quote the replica's URL or key.
+                text = str(error.get("message") or "upstream error")
+                message = scrub(text, self._routed.replica)
                 return frames + self._end(self._events.fail(message))
             frames += self._events.feed(chunk)
         return frames
