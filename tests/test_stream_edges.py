@@ -69,8 +69,8 @@ async def test_malformed_chunk_in_a_translated_responses_stream_fails_it(
     assert b"HTTP/1.1" not in data  # never a second response inside the stream
 
 
-@pytest.mark.parametrize("path", ["/responses", "/messages"])
-async def test_an_error_event_in_a_translated_stream_names_no_replica_url(
+@pytest.mark.parametrize("path", ["/chat/completions", "/responses", "/messages"])
+async def test_an_error_event_mid_stream_names_no_replica_url(
     make_stack: Any, fake_upstream: Fake, path: str
 ) -> None:
     upstream = fake_upstream.upstream
@@ -80,12 +80,12 @@ async def test_an_error_event_in_a_translated_stream_names_no_replica_url(
     )
     live = on_fake(make_stack, fake_upstream)
     body: dict[str, Any] = {"model": "m", "input": "hi"}
-    if path == "/messages":
+    if path != "/responses":
         body = {**CHAT, "max_tokens": 5}
-    last = events_of(await post_stream(live, path, body))[-1]
-    assert b"KV full at [redacted]" in last
-    assert fake_upstream.url.encode() not in last
-    assert fake_upstream.url.split("//")[1].split(":")[0].encode() not in last
+    data = await post_stream(live, path, body)
+    assert b"KV full at [redacted]" in data
+    assert fake_upstream.url.encode() not in data
+    assert fake_upstream.url.split("//")[1].split(":")[0].encode() not in data
 
 
 def test_responses_backend_streams_end_without_done_and_are_stored(

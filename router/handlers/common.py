@@ -31,6 +31,7 @@ from router.upstream import (
     model_field,
     read_body,
     rewrite_model,
+    scrub,
 )
 from router.usage import note_body, note_event
 
@@ -181,6 +182,8 @@ async def relay_sse(
                     done = True
                 elif event.startswith((b'data: {"error"', b'data:{"error"')):
                     failed = True
+                    # Its text may quote the replica's URL or key, like an error status's body.
+                    event = scrub(event.decode("utf-8", "replace"), routed.replica).encode()
                 note_event(ctx, event)
                 if on_event is not None:
                     on_event(event)
