@@ -126,13 +126,13 @@ def _counts(body: dict[str, Any], limits: Limits) -> Breach | None:
         if isinstance(items, list):
             if len(items) > limits.max_messages:
                 return _breach(name, len(items), limits.max_messages, "max_messages", "items")
-            # C-level iterators, as in _shape: a parsed body's containers are exact dicts and
-            # lists, and a long conversation costs no Python bytecode per message here.
-            dicts = list(compress(items, map(is_, map(type, items), repeat(dict))))
-            parts = 0
-            for field in ("content", "output"):
-                values = list(map(dict.get, dicts, repeat(field)))
-                parts += sum(map(len, compress(values, map(is_, map(type, values), repeat(list)))))
+            parts = sum(
+                len(content)
+                for item in items
+                if isinstance(item, dict)
+                for content in (item.get("content"), item.get("output"))
+                if isinstance(content, list)
+            )
             if parts > limits.max_content_parts:
                 return _breach(name, parts, limits.max_content_parts, "max_content_parts", "parts")
     for name in ("tools", "functions"):
