@@ -39,14 +39,14 @@ def classify(
     ``documents`` enables the ``document`` type; ``long_threshold`` (estimated input tokens)
     enables ``long``.
     """
-    messages = body.get("messages") or ()
-    if documents and any(_has_part(m, DOCUMENT_PART_TYPES) for m in messages):
+    document, image, tool_turn = _scan(body.get("messages") or ())
+    if documents and document:
         return RequestType.DOCUMENT
-    if any(_has_part(m, IMAGE_PART_TYPES) for m in messages):
+    if image:
         return RequestType.VISION
     if long_threshold is not None and estimate_input_tokens(body) > long_threshold:
         return RequestType.LONG
-    if _uses_tools(body) or any(_is_tool_turn(m) for m in messages):
+    if _uses_tools(body) or tool_turn:
         return RequestType.CODE
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") in JSON_FORMATS:
@@ -81,11 +81,25 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     return size // BYTES_PER_TOKEN
 
 
-def _has_part(message: Any, kinds: frozenset[str]) -> bool:
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
-        return False
-    return any(isinstance(p, dict) and p.get("type") in kinds for p in content)
+def _scan(messages: Any) -> tuple[bool, bool, bool]:
+    """Whether any message has a document part, an image part, or is a tool turn: one pass
+    over the messages (a long conversation is read once, not once per question)."""
+    document = image = tool_turn = False
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    kind = part.get("type")
+                    if kind in IMAGE_PART_TYPES:
+                        image = True
+                    elif kind in DOCUMENT_PART_TYPES:
+                        document = True
+        if not tool_turn:
+            tool_turn = _is_tool_turn(message)
+    return document, image, tool_turn
 
 
 def _uses_tools(body: dict[str, Any]) -> bool:

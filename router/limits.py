@@ -100,6 +100,10 @@ def check(
     parsed from, lets a small body skip the walk when its size alone rules a breach out."""
     breach = _counts(body, limits)
     if breach is None and (raw is None or not _within_by_size(raw, limits, hashing=hashing)):
+        # No string holds more characters than its JSON has bytes: a body no longer than
+        # max_hashed_string needs no look at its strings' lengths, only at depth and count.
+        if raw is not None and len(raw) <= limits.max_hashed_string:
+            hashing = False
         breach = _shape(body, limits, hashing=hashing)
     return breach
 
@@ -252,7 +256,10 @@ class BodyParser:
                 raise orjson.JSONDecodeError("not json", "", 0)
         body = loads(raw)
         if isinstance(body, dict):
-            breach = check(body, self.limits, hashing=b'"cache_control"' in raw, raw=raw)
+            # Whether the body is prompt-cached matters only for a body longer than the
+            # longest string allowed (see check); the search costs a scan of an unmarked body.
+            hashing = len(raw) > self.limits.max_hashed_string and b'"cache_control"' in raw
+            breach = check(body, self.limits, hashing=hashing, raw=raw)
             if breach is not None:
                 raise breach.error()
         return body

@@ -54,6 +54,14 @@ def find_markers(body: dict[str, Any]) -> Markers:
     messages = body.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
         if isinstance(message, dict):
+            if (
+                isinstance(message.get("content"), str)
+                and "cache_control" not in message
+                and not message.get("tool_calls")
+                and not message.get("function_call")
+            ):
+                block += 1  # the usual turn: one text block, no marker
+                continue
             count, found = _message_markers(i, message, block, at)
             block += count
             keys += found

@@ -25,7 +25,15 @@ def check_chat(body: dict[str, Any]) -> None:
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     for i, message in enumerate(messages):
-        _check_message(message, f"messages[{i}]")
+        # The common message (a known role, string content) needs no more; the full check,
+        # with its error paths, runs for the others. Keeps a long conversation cheap.
+        if not (
+            type(message) is dict
+            and type(role := message.get("role")) is str
+            and role in CHAT_ROLES
+            and type(message.get("content")) is str
+        ):
+            _check_message(message, f"messages[{i}]")
     for name in ("tools", "functions"):
         value = body.get(name)
         if value is not None and not (
@@ -52,13 +60,13 @@ def check_cache_markers(body: dict[str, Any]) -> None:
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
         if not isinstance(message, dict):
             continue
-        _check_marker(message.get("cache_control"), f"messages[{i}].cache_control")
+        # Each param is formatted only for a marker that is there (most messages have none).
+        if (marker := message.get("cache_control")) is not None:
+            _check_marker(marker, f"messages[{i}].cache_control")
         content = message.get("content")
         for j, part in enumerate(content if isinstance(content, list) else ()):
-            if isinstance(part, dict):
-                _check_marker(
-                    part.get("cache_control"), f"messages[{i}].content[{j}].cache_control"
-                )
+            if isinstance(part, dict) and (marker := part.get("cache_control")) is not None:
+                _check_marker(marker, f"messages[{i}].content[{j}].cache_control")
 
 
 def _check_marker(marker: Any, where: str) -> None:
