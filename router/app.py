@@ -19,6 +19,7 @@ from aiohttp import web
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import EXPOSED_HEADERS, RequestContext
+from router.dashboard import RecentErrors
 from router.dispatch import Dispatcher
 from router.errors import (
     MethodNotAllowed,
@@ -28,7 +29,7 @@ from router.errors import (
     Unauthorized,
     error_envelope,
 )
-from router.handlers import chat, completions, meta, responses, stored_chat
+from router.handlers import chat, completions, dashboard, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
@@ -38,23 +39,31 @@ from router.keys import (
     DISPATCHER,
     METRICS,
     OBJECTS,
+    RECENT_ERRORS,
     SESSION,
     STORE,
+    TRACER,
 )
+from router.logs import log_access
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
+from router.tracing import RequestTracer
 from router.upstream import new_session
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/dashboard", "/dashboard/data"})
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
 def create_app(
-    config: RouterConfig, *, store: PrefixStore | None = None, objects: ObjectStore | None = None
+    config: RouterConfig,
+    *,
+    store: PrefixStore | None = None,
+    objects: ObjectStore | None = None,
+    tracer: RequestTracer | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_size,
@@ -64,6 +73,13 @@ def create_app(
     app[CONFIG] = config
     app[BALANCER] = Balancer(config)
     app[METRICS] = Metrics()
+    app[RECENT_ERRORS] = RecentErrors()
+    if tracer is None and config.tracing.otlp_endpoint:
+        # Imported only when configured: tracing off costs no opentelemetry import at all.
+        tracer = RequestTracer.from_config(config.tracing)
+    if tracer is not None:
+        app[TRACER] = tracer
+        app.cleanup_ctx.append(tracer_ctx)
     app[BASE_HEADERS] = {
         "Access-Control-Allow-Origin": config.server.cors_allow_origin,
         "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
@@ -98,6 +114,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/health", meta.health)
     app.router.add_get("/ready", meta.ready)
     app.router.add_get("/metrics", meta.metrics)
+    app.router.add_get("/dashboard", dashboard.page)
+    app.router.add_get("/dashboard/data", dashboard.data)
 
 
 async def session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -141,6 +159,12 @@ async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def tracer_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Flushing the last spans may block on the exporter: not on the loop.
+    await asyncio.to_thread(app[TRACER].shutdown)
+
+
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
@@ -153,6 +177,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
     ctx = RequestContext.start(request_id, request.app[BASE_HEADERS])
     request[CONTEXT] = ctx
+    tracer = request.app.get(TRACER)
+    if tracer is not None:
+        ctx.span = tracer.start(request.headers, request.method, request.path, ctx)
     try:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = _preflight(request)
@@ -160,6 +187,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             _authorize(request)
             response = await handler(request)
     except RouterError as exc:
+        ctx.error = exc.message
         if ctx.stream is not None:
             return await _fail_in_stream(request, ctx, exc.message)
         response = _error_response(exc, ctx)
@@ -172,6 +200,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
+        ctx.error = "internal error"
         if ctx.stream is not None:
             message = f"The router failed mid-stream (request id {ctx.request_id})."
             return await _fail_in_stream(request, ctx, message)
@@ -248,24 +277,23 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
 
 
 def _account(request: web.Request, ctx: RequestContext, response: web.StreamResponse) -> None:
+    """Metrics, the access line, recent errors and the span: all read from the context."""
     resource = request.match_info.route.resource
     endpoint = resource.canonical if resource is not None else "unmatched"
-    labels = (
-        endpoint,
-        ctx.request_type or "",
-        ctx.backend or "",
-        ctx.replica or "",
-        ctx.cache or "",
-        str(response.status),
-    )
-    request.app[METRICS].observe(labels, ctx.router_ms, ctx.upstream_ms)
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "request %s %s %s %d type=%s backend=%s replica=%s cache=%s %.1fms",
-            ctx.request_id,
-            request.method,
-            request.path,
-            response.status,
-            *labels[1:5],
-            (time.perf_counter() - ctx.started) * 1000,
-        )
+    status = response.status
+    duration_ms = (time.perf_counter() - ctx.started) * 1000
+    app = request.app
+    metrics = app[METRICS]
+    metrics.observe(ctx, endpoint, status, duration_ms / 1000)
+    if ctx.replica is not None and ctx.backend is not None:
+        pool = app[BALANCER].pools.get(ctx.backend)
+        # This worker's count after the request ended: the gauge is summed over workers.
+        for replica in pool.replicas if pool is not None else ():
+            if replica.id == ctx.replica:
+                metrics.replica_in_flight(ctx.backend, replica.id, replica.in_flight)
+    if status >= 400 or ctx.error is not None:
+        app[RECENT_ERRORS].add(ctx, request.path, status)
+    log_access(ctx, request.method, request.path, status, duration_ms)
+    tracer = app.get(TRACER)
+    if tracer is not None and ctx.span is not None:
+        tracer.finish(ctx.span, ctx, status, request.path)

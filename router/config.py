@@ -142,6 +142,23 @@ class UpstreamPoolConfig(_Frozen):
     connection_limit_per_host: int = Field(default=256, gt=0)
 
 
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces: off unless an OTLP endpoint is given (needs the ``otel`` extra)."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP, e.g. http://otel-collector:4318/v1/traces
+    service_name: str = "di-router"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces not sampled yet")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(
+                "must be an http:// or https:// URL such as http://host:4318/v1/traces"
+            )
+        return url
+
+
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(min_length=1)
@@ -149,6 +166,7 @@ class RouterConfig(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     cache: CacheConfig = CacheConfig()
     upstream: UpstreamPoolConfig = UpstreamPoolConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _routes_name_backends(self) -> RouterConfig:

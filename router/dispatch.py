@@ -147,7 +147,7 @@ class Dispatcher:
             ctx.router_ms = (sent - ctx.started) * 1000
             try:
                 response = await send(
-                    self._session(), replica, path, payload, {"X-Request-Id": ctx.request_id}
+                    self._session(), replica, path, payload, ctx.upstream_headers()
                 )
             except Unreachable:
                 replica.in_flight -= 1

@@ -8,10 +8,12 @@ from aiohttp import web
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import RequestContext
+from router.dashboard import RecentErrors
 from router.dispatch import Dispatcher
 from router.metrics import Metrics
 from router.objects import ObjectStore
 from router.store import PrefixStore
+from router.tracing import RequestTracer
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -20,6 +22,8 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
+TRACER = web.AppKey("tracer", RequestTracer)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])

@@ -30,6 +30,7 @@ from router.config import REQUEST_TYPES, RouterConfig, embedded_config
 from router.objects import ObjectStore
 from router.sim import SimFleet, SimSettings, start_fleet
 from router.store import PrefixStore
+from router.tracing import RequestTracer
 
 T = TypeVar("T")
 
@@ -107,6 +108,7 @@ def start_stack(
     edit: ConfigEdit | None = None,
     store: PrefixStore | None = None,
     objects: ObjectStore | None = None,
+    tracer: RequestTracer | None = None,
 ) -> Stack:
     thread = LoopThread()
 
@@ -120,7 +122,7 @@ def start_stack(
         )
         if edit is not None:
             config = edit(config)
-        app = create_app(config, store=store, objects=objects)
+        app = create_app(config, store=store, objects=objects, tracer=tracer)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -16,6 +16,7 @@ from router.dispatch import Routed
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from router.keys import CONFIG, CONTEXT
 from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
+from router.usage import usage_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if isinstance(model, str):
+        context(request).model = model
     return body, raw
 
 
@@ -67,7 +71,9 @@ async def relay_json(
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
     data = await read_body(routed.response, where(routed))
     data = rewrite_model(data, model_field(client_model))
+    ctx.usage = usage_from_bytes(data)
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
+    ctx.first_byte()  # the whole answer is in hand and goes out at once
     return response, data
 
 
@@ -111,14 +117,19 @@ async def relay_sse(
     response = await open_stream(request, ctx)
     field = model_field(client_model)
     done = failed = False
+    last = b""  # the last data event before the end: where include_usage puts usage
     try:
         async for events in iter_sse_events(routed.response):
             out = []
             for event in events:
                 if ends(event):
                     done = True
+                    if not event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                        last = event  # a terminal typed event carries the usage itself
                 elif event.startswith((b'data: {"error"', b'data:{"error"')):
                     failed = True
+                else:
+                    last = event
                 if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
@@ -129,8 +140,10 @@ async def relay_sse(
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         await write_error_tail(response, ctx, message, "upstream_error")
         return response
+    ctx.usage = usage_from_bytes(last) if last else None
     if not done:
         if failed:
+            ctx.error = "the backend reported an error mid-stream"
             await write_error_tail(response, ctx, None, None)
         else:
             message = f"The {where(routed)} ended the stream early."
@@ -142,6 +155,7 @@ async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestC
     """Write to the client; False when it has gone away (the caller stops relaying)."""
     try:
         await response.write(data)
+        ctx.first_byte()
     except ConnectionResetError:
         log.info("request %s: client went away mid-stream", ctx.request_id)
         return False
@@ -154,6 +168,7 @@ async def write_error_tail(
     """End a started stream with an OpenAI error event (when ``message``) and ``[DONE]``."""
     tail = b""
     if message is not None:
+        ctx.error = message
         log.warning("request %s: %s", ctx.request_id, message)
         error = UpstreamError(message, code=code)
         tail = b"data: " + error.body() + b"\n\n"

@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router.balancer import Replica
 from router.errors import NotFound
@@ -75,5 +76,5 @@ async def _probe(app: web.Application, replica: Replica) -> bool:
 async def metrics(request: web.Request) -> web.Response:
     pools = request.app[BALANCER].pools
     in_flight = [(p.backend.name, r.id, r.in_flight) for p in pools.values() for r in p.replicas]
-    text = request.app[METRICS].render(in_flight)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    body = request.app[METRICS].render(in_flight)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -46,6 +46,7 @@ from router.responses import (
 )
 from router.store import StoreUnavailable
 from router.upstream import iter_sse_events, read_body
+from router.usage import usage_from_dict
 from router.validate import check_model
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ async def _via_chat_backend(
                 request=body, response_id=response_id, created_at=created_at
             )
             reply = await _stream_events(request, routed, ctx, events)
+            ctx.usage = usage_from_dict(events.response.get("usage"))
             await _save(objects, ctx, body, chat, events.response)
             return reply
         data = await read_body(routed.response, where(routed))
@@ -123,7 +125,9 @@ async def _via_chat_backend(
             raise UpstreamError(
                 f"The {where(routed)} answered with something that is not a chat completion."
             ) from None
+    ctx.usage = usage_from_dict(result.get("usage"))
     await _save(objects, ctx, body, chat, result)
+    ctx.first_byte()
     return web.json_response(result, headers=ctx.headers, dumps=_dumps)
 
 
