@@ -21,11 +21,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 REQUEST_TYPES: tuple[str, ...] = ("text", "code", "json", "vision")
+REDIS_URL = re.compile(r"^(rediss?://[^\s]+|unix://?/[^\s]+)$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -40,9 +42,15 @@ def parse_size(value: object) -> object:
     return value
 
 
-def resolve_secret(value: object) -> object:
-    """``env:NAME`` -> the variable's value; a missing variable is a config error."""
+def resolve_secret(value: object, info: ValidationInfo) -> object:
+    """``env:NAME`` -> the variable's value; a missing variable is a config error.
+
+    Validated with the context ``{"env": False}`` (``check-config --no-env``), references stay
+    as they are: a file can be checked where its secrets are not set.
+    """
     if isinstance(value, str) and value.startswith("env:"):
+        if isinstance(info.context, dict) and info.context.get("env") is False:
+            return value
         name = value[4:]
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
@@ -130,6 +138,16 @@ class RoutingConfig(_Frozen):
 
 class CacheConfig(_Frozen):
     redis_url: Secret | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        # The scheme only: the URL itself may carry a password and must not be echoed.
+        value = url.get_secret_value() if url is not None else ""
+        if value and not value.startswith("env:") and not REDIS_URL.match(value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
+
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
@@ -176,13 +194,14 @@ class RouterConfig(_Frozen):
         replica_ids = [r.id for b in self.backends for r in b.replicas]
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
-        for request_type in REQUEST_TYPES:
-            target = self.routes.backend_for(request_type)
-            if target not in names:
-                raise ValueError(
-                    f"routes.{request_type} names backend {target!r}, which is not defined "
-                    f"(defined: {', '.join(names)})"
-                )
+        missing = [
+            (("routes", request_type), f"names backend {target!r}, which is not defined "
+             f"(defined: {', '.join(names)})")
+            for request_type in REQUEST_TYPES
+            if (target := self.routes.backend_for(request_type)) not in names
+        ]  # fmt: skip
+        if missing:
+            raise LocatedProblems(missing)
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -190,6 +209,14 @@ class RouterConfig(_Frozen):
 
     def routing_table(self) -> dict[str, BackendConfig]:
         return {t: self.backend(self.routes.backend_for(t)) for t in REQUEST_TYPES}
+
+
+class LocatedProblems(ValueError):
+    """Problems a cross-field check found, each at its own place in the file."""
+
+    def __init__(self, problems: Sequence[tuple[tuple[str, ...], str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(loc)}: {message}" for loc, message in problems))
+        self.problems = list(problems)
 
 
 class ConfigError(Exception):
@@ -216,8 +243,12 @@ def embedded_config(
     return RouterConfig(server=ServerConfig(host=host, port=port), backends=backends, routes=routes)
 
 
-def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
-    """Read and validate a YAML config; raise ConfigError naming each problem's line."""
+def load_config(path: str | Path, *, env: bool = True, **overrides: dict[str, Any]) -> RouterConfig:
+    """Read and validate a YAML config; raise ConfigError naming each problem's line.
+
+    ``env=False`` leaves ``env:VAR`` references unresolved (to check a file without its
+    secrets).
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -237,20 +268,36 @@ def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
         elif given is None:  # absent, or an empty "section:" line
             data[section] = values
     try:
-        return RouterConfig.model_validate(data)
+        return RouterConfig.model_validate(data, context={"env": env})
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err, root) for err in exc.errors()]) from None
+        raise ConfigError(source, _problems(exc, root)) from None
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        found = (err.get("ctx") or {}).get("error")
+        if isinstance(found, LocatedProblems):
+            for loc, message in found.problems:
+                problems.append(_describe({"loc": (*err["loc"], *loc), "msg": message}, root))
+        else:
+            problems.append(_describe(err, root))
+    return problems
 
 
 def _describe(err: Any, root: yaml.Node | None) -> str:
-    loc = [str(p) for p in err["loc"]]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{locate(root, [str(p) for p in err['loc']])}: {message}"
+
+
+def locate(root: yaml.Node | None, loc: Sequence[str]) -> str:
+    """``line N: a.b[0].c``: where ``loc`` is in the file (its nearest existing node)."""
     path = ""
     for part in loc:
         path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
     line = _line_of(root, loc)
     where = f"line {line}: " if line else ""
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}{path or '(top level)'}: {message}"
+    return f"{where}{path or '(top level)'}"
 
 
 def _line_of(node: yaml.Node | None, loc: Sequence[str]) -> int | None:

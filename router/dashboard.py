@@ -108,16 +108,21 @@ def _sum_by(
     return {k: v for k, v in sorted(sums.items()) if v}
 
 
-def _ttft(buckets: Iterable[Sample]) -> dict[str, float | None]:
-    """p50 and p90 over every label set, interpolated in buckets as PromQL's
-    ``histogram_quantile`` does."""
+def _ttft(buckets: list[Sample]) -> dict[str, Any]:
+    """p50 and p90 of streamed answers (where the first byte is the first token; a JSON
+    answer's first byte is its last), of all answers when none was streamed; interpolated in
+    buckets as PromQL's ``histogram_quantile`` does."""
+    streamed = [(labels, value) for labels, value in buckets if labels.get("stream") == "true"]
+    chosen = (
+        streamed if any(value for labels, value in streamed if labels["le"] == "+Inf") else buckets
+    )
     cumulative: dict[float, float] = {}
-    for labels, value in buckets:
+    for labels, value in chosen:
         bound = float(labels["le"])
         cumulative[bound] = cumulative.get(bound, 0.0) + value
     bounds = sorted(cumulative)
     count = cumulative.get(math.inf, 0.0)
-    result: dict[str, float | None] = {"count": count}
+    result: dict[str, Any] = {"count": count, "streamed": chosen is streamed}
     for name, q in (("p50", 0.5), ("p90", 0.9)):
         result[name] = _quantile(q, bounds, cumulative, count)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -42,7 +43,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: str, log_format: LogFormat = "text") -> None:
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """How a process logs; handed to worker processes so they log alike."""
+
+    level: str = "info"
+    format: LogFormat = "text"
+
+    def apply(self) -> None:
+        configure_logging(self.level, self.format)
+
+
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Root logging for the CLI: ``level`` (debug, info, ...) in the given format."""
     handler = logging.StreamHandler()
     handler.setFormatter(

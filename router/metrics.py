@@ -216,7 +216,7 @@ class Metrics:
         if self._multiprocess is None:
             return self.registry
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self._multiprocess)
+        MultiProcessCollector(registry, path=self._multiprocess)  # type: ignore[no-untyped-call]
         # Process figures cannot be summed across processes: the answering worker's own.
         ProcessCollector(registry=registry)
         return registry
