@@ -17,9 +17,7 @@ CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{CLIENT_TRACE}-b7ad6b7169203331-01"
 
 
-def test_a_span_per_request_child_of_the_clients_trace(
-    make_stack: Any, fake_upstream: Any
-) -> None:
+def test_a_span_per_request_child_of_the_clients_trace(make_stack: Any, fake_upstream: Any) -> None:
     exporter = InMemorySpanExporter()
     tracer = RequestTracer.from_config(TracingConfig(), exporter=exporter)
     stack = make_stack(

@@ -29,7 +29,11 @@ def test_stream_usage_chunk_and_null_usage() -> None:
 
 
 def test_responses_and_anthropic_shapes() -> None:
-    responses = {"input_tokens": 10, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 6}}
+    responses = {
+        "input_tokens": 10,
+        "output_tokens": 4,
+        "input_tokens_details": {"cached_tokens": 6},
+    }
     assert usage_from_dict(responses) == Usage(10, 4, 6)
     anthropic = {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 20,
                  "cache_creation_input_tokens": 5}  # fmt: skip
