@@ -195,11 +195,13 @@ class RouterConfig(_Frozen):
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
         missing = [
-            (("routes", request_type), f"names backend {target!r}, which is not defined "
-             f"(defined: {', '.join(names)})")
+            (
+                ("routes", request_type),
+                f"names backend {target!r}, which is not defined (defined: {', '.join(names)})",
+            )
             for request_type in REQUEST_TYPES
             if (target := self.routes.backend_for(request_type)) not in names
-        ]  # fmt: skip
+        ]
         if missing:
             raise LocatedProblems(missing)
         return self

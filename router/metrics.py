@@ -128,9 +128,11 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.retries = Counter(
-            "di_retries", "Attempts retried on another replica, by reason.",
-            ("backend", "reason"), registry=r,
-        )  # fmt: skip
+            "di_retries",
+            "Attempts retried on another replica, by reason.",
+            ("backend", "reason"),
+            registry=r,
+        )
         self.fallbacks = Counter(
             "di_fallbacks",
             "Requests served by a fallback pool instead of the routed one.",

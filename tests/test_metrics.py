@@ -79,8 +79,16 @@ def test_requests_feed_histograms_and_token_counters(make_stack: Any) -> None:
     assert total(after, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") == prompt
     assert total(after, "gen_ai_client_token_usage_count", gen_ai_token_type="output") == 2
     replicas = {labels["replica"] for labels, _ in after["di_replica_in_flight"]}
-    assert replicas == {"sim-text-0", "sim-text-1", "sim-code-0", "sim-code-1",
-                        "sim-json-0", "sim-json-1", "sim-vision-0", "sim-vision-1"}  # fmt: skip
+    assert replicas == {
+        "sim-text-0",
+        "sim-text-1",
+        "sim-code-0",
+        "sim-code-1",
+        "sim-json-0",
+        "sim-json-1",
+        "sim-vision-0",
+        "sim-vision-1",
+    }
     assert total(after, "di_replica_in_flight") == 0
     assert "process_cpu_seconds_total" in after
 

@@ -35,8 +35,12 @@ def test_responses_and_anthropic_shapes() -> None:
         "input_tokens_details": {"cached_tokens": 6},
     }
     assert usage_from_dict(responses) == Usage(10, 4, 6)
-    anthropic = {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": 20,
-                 "cache_creation_input_tokens": 5}  # fmt: skip
+    anthropic = {
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "cache_read_input_tokens": 20,
+        "cache_creation_input_tokens": 5,
+    }
     assert usage_from_dict(anthropic) == Usage(28, 4, 20)
     assert usage_from_dict({"other": 1}) is None
     assert usage_from_dict(None) is None
