@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
 
@@ -87,7 +87,7 @@ def test_json_mode_without_a_readable_shape_is_still_json(stack: Stack) -> None:
 
 
 def test_requested_schema_prefers_the_newest_message() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": 'Use the keys "a" and "b".'},
         {"role": "user", "content": [{"type": "text", "text": 'Now use the keys "c".'}]},
     ]
