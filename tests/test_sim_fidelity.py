@@ -25,11 +25,9 @@ USER_SCHEMA = {
 }
 
 
-def json_answer(stack: Stack, messages: list[dict[str, Any]]) -> Any:
+def json_answer(stack: Stack, messages: Any) -> Any:
     answer = stack.client().chat.completions.create(
-        model="m",
-        messages=messages,
-        response_format={"type": "json_object"},  # type: ignore[arg-type]
+        model="m", messages=messages, response_format={"type": "json_object"}
     )
     content = answer.choices[0].message.content
     assert content is not None
