@@ -25,7 +25,7 @@ async def page(request: web.Request) -> web.Response:
         # The page loads nothing from anywhere else; say so to the browser.
         headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-            "style-src 'unsafe-inline'",
+            "style-src 'unsafe-inline'; img-src data:",
             "Cache-Control": "no-cache",
         },
     )
