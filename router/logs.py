@@ -55,16 +55,20 @@ class LogSettings:
 
 
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
-    """Root logging for the CLI: ``level`` (debug, info, ...) in the given format."""
+    """Root logging for the CLI: ``level`` (debug, info, ...) in the given format.
+
+    Like ``logging.basicConfig``, a root logger that already has handlers (an embedding
+    application's, a test runner's) is left as it is.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    root.setLevel(level.upper())
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 def access_fields(
