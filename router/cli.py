@@ -27,6 +27,7 @@ from router.config import (
 )
 from router.config_check import check_file
 from router.logs import LogSettings, configure_logging
+from router.tracing import missing_extra
 from router.workers import serve_workers
 
 log = logging.getLogger("router")
@@ -164,6 +165,10 @@ def _serve(args: argparse.Namespace) -> int:
             _with_overrides(_placeholder_config(), overrides)
     except ConfigError as exc:
         _print_problems(exc)
+        return 1
+    traced = config.tracing.otlp_endpoint if args.config else args.otlp_endpoint
+    if traced and (problem := missing_extra()) is not None:
+        print(f"di-router: {problem}", file=sys.stderr)
         return 1
     if not args.config:
         return _run(_serve_embedded(overrides, args.workers, logs))

@@ -36,6 +36,22 @@ _OPERATIONS = {
 }
 
 
+def missing_extra() -> str | None:
+    """Why tracing cannot run here (the ``otel`` extra is not installed), or None."""
+    from importlib.util import find_spec
+
+    for module in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        try:
+            found = find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return (
+                f"tracing needs the otel extra ({module} is missing): pip install 'di-router[otel]'"
+            )
+    return None
+
+
 class RequestTracer:
     """Starts and ends the request spans of one application."""
 

@@ -212,3 +212,15 @@ def test_workers_share_one_port_and_metrics_add_up() -> None:
                 _metric_total(text, "gen_ai_server_request_duration_seconds_count", type="text")
                 == count
             )
+
+
+def test_tracing_without_the_otel_extra_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router import tracing
+
+    assert tracing.missing_extra() is None  # installed here
+    monkeypatch.setattr("router.cli.missing_extra", lambda: "tracing needs the otel extra")
+    assert main(["serve", "--otlp-endpoint", "http://127.0.0.1:4318/v1/traces"]) == 1
+    err = capsys.readouterr().err
+    assert "tracing needs the otel extra" in err and "Traceback" not in err

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.context import RequestContext
 from router.metrics import Metrics
+from router.sim import SimSettings
 from router.usage import Usage
 
 from .conftest import Stack
@@ -157,3 +158,20 @@ def test_hooks_for_placement_and_health() -> None:
     assert total(samples, "di_prefix_lookup_seconds_count", store="redis", outcome="hit") == 1
     assert total(samples, "di_replica_load", replica="r1") == 7.5
     assert total(samples, "di_replica_in_flight", replica="r1") == 3
+
+
+def test_ttft_is_taken_at_the_first_byte_not_the_last(make_stack: Any) -> None:
+    # 20 tokens 15 ms apart: the last byte comes >= 285 ms after the first, which comes after
+    # a 10 ms first token; the modelled gap between the two figures is well over 5x.
+    stack = make_stack(
+        sim=SimSettings(ttft_ms=10, prefill_ms_per_token=0, itl_ms=15, output_tokens=20)
+    )
+    list(
+        stack.client().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "stream"}], stream=True
+        )
+    )
+    samples = scrape(stack)
+    ttft = total(samples, "gen_ai_server_time_to_first_token_seconds_sum", stream="true")
+    duration = total(samples, "gen_ai_server_request_duration_seconds_sum", type="text")
+    assert ttft > 0 and duration > 5 * ttft
