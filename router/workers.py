@@ -61,6 +61,13 @@ async def serve_workers(
     config: RouterConfig, workers: int, logs: LogSettings, announce: Announce
 ) -> None:
     """Run ``workers`` router processes until SIGINT/SIGTERM or until one of them dies."""
+    if config.cache.redis_url is None:
+        log.warning(
+            "%d workers with an in-memory prefix index: each worker keeps its own, so a prefix "
+            "may be cached on one replica per worker; set cache.redis_url (or --redis-url) to "
+            "share one index",
+            workers,
+        )
     metrics_dir = tempfile.mkdtemp(prefix="di-router-metrics-")
     previous = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers, read at their import

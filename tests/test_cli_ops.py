@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router import __version__
 from router.cli import main
 
-from .conftest import free_port
+from .conftest import RedisServer, free_port
 from .test_cli import EXAMPLE, running
 
 MINIMAL = """\
@@ -224,3 +224,41 @@ def test_tracing_without_the_otel_extra_is_a_clear_error(
     assert main(["serve", "--otlp-endpoint", "http://127.0.0.1:4318/v1/traces"]) == 1
     err = capsys.readouterr().err
     assert "tracing needs the otel extra" in err and "Traceback" not in err
+
+
+def test_workers_agree_on_placement_through_redis(redis_server: RedisServer) -> None:
+    port = free_port()
+    args = ["serve", "--port", str(port), "--workers", "2", "--redis-url", redis_server.url]
+    with running(*args, "--log-level", "warning", ready="workers, pids"):
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+        def send(prefix: int, question: str) -> tuple[str, str]:
+            body = {
+                "model": "m",
+                "max_tokens": 2,
+                "messages": [
+                    {
+                        "role": "system",
+                        "content": [
+                            {
+                                "type": "text",
+                                "text": f"prefix {prefix} " * 50,
+                                "cache_control": {"type": "ephemeral"},
+                            }
+                        ],
+                    },
+                    {"role": "user", "content": question},
+                ],
+            }
+            request = urllib.request.Request(
+                url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            )
+            # A fresh connection per request: the two of a prefix may meet different workers.
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.headers["X-DI-Replica"], response.headers["X-DI-Cache"]
+
+        for prefix in range(8):
+            first, cache = send(prefix, "first")
+            assert cache == "miss"
+            for question in ("second", "third"):
+                assert send(prefix, question) == (first, "hit")
