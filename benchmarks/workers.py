@@ -84,7 +84,9 @@ def main() -> int:
             orjson.dumps(
                 {
                     "server": {"host": "127.0.0.1", "port": 0},
-                    "backends": [{"name": "up", "replicas": [{"id": "up-0", "url": sim.announced}]}],
+                    "backends": [
+                        {"name": "up", "replicas": [{"id": "up-0", "url": sim.announced}]}
+                    ],
                     "routes": {"text": "up", "code": "up", "json": "up", "vision": "up"},
                 }
             )
@@ -98,7 +100,9 @@ def main() -> int:
                 rate = asyncio.run(_load(url, args.concurrency, args.seconds, args.warmup))
                 children.stop(router)
                 results[workers].append(rate)
-                print(f"round {round_number + 1}: {workers} worker(s): {rate:,.0f} req/s", flush=True)
+                print(
+                    f"round {round_number + 1}: {workers} worker(s): {rate:,.0f} req/s", flush=True
+                )
     print(f"\nmachine: {os.cpu_count()} cores; concurrency {args.concurrency}; {args.seconds:g} s")
     medians = {n: statistics.median(rates) for n, rates in results.items()}
     for workers, median in medians.items():
