@@ -78,16 +78,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="YAML config (default: embedded)")
     serve.add_argument("--host", default=None, help="listen address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="listen port (default: 8000)")
-    serve.add_argument("--redis-url", default=None, help="prefix index in Redis: redis[s]://...")
     serve.add_argument(
-        "--workers", type=int, default=1, help="router processes sharing the port (SO_REUSEPORT)"
+        "--redis-url", metavar="URL", default=None, help="prefix index in Redis: redis[s]://..."
     )
-    serve.add_argument("--log-level", default="info", choices=_LEVELS)
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="router processes sharing the port (SO_REUSEPORT)",
+    )
+    serve.add_argument("--log-level", default="info", choices=_LEVELS, help="log verbosity")
     serve.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
     serve.add_argument(
         "--otlp-endpoint",
+        metavar="URL",
         default=None,
         help="send traces over OTLP/HTTP, e.g. http://localhost:4318/v1/traces (needs the "
         "otel extra)",
@@ -113,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--output-tokens", type=int, default=64, help="answer length by default")
     sim.add_argument("--cache-blocks", type=int, default=8192, help="KV cache size, in blocks")
     sim.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
-    sim.add_argument("--log-level", default="info", choices=_LEVELS)
+    sim.add_argument("--log-level", default="info", choices=_LEVELS, help="log verbosity")
     sim.set_defaults(run=_sim)
 
     check = sub.add_parser(
