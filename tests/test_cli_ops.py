@@ -212,6 +212,10 @@ def test_workers_share_one_port_and_metrics_add_up() -> None:
                 _metric_total(text, "gen_ai_server_request_duration_seconds_count", type="text")
                 == count
             )
+            with urllib.request.urlopen(root + "/dashboard/data", timeout=30) as response:
+                figures = orjson.loads(response.read())
+            assert figures["requests"]["by_type"] == {"text": count}
+            assert figures["ttft_ms"]["count"] == count
 
 
 def test_tracing_without_the_otel_extra_is_a_clear_error(
