@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -60,6 +61,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._multiprocess = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
@@ -163,27 +165,39 @@ class Metrics:
         backend = ctx.backend or ""
         cache = ctx.cache or ""
         status_text = str(status)
-        self.requests.labels(
-            endpoint, request_type, backend, ctx.replica or "", cache, status_text
-        ).inc()
+        child = self._child
+        child(self.requests, (endpoint, request_type, backend, ctx.replica or "", cache,
+                              status_text)).inc()  # fmt: skip
         if not backend:
             return  # not a routed request: models, health, an early 4xx
-        self.duration.labels(request_type, backend, cache, status_text).observe(duration_s)
+        by = (request_type, backend, cache)
+        child(self.duration, (*by, status_text)).observe(duration_s)
         if ctx.upstream_ms:
-            self.upstream.labels(request_type, backend, cache).observe(ctx.upstream_ms / 1000)
-            self.router_time.labels(request_type, backend, cache).observe(ctx.router_ms / 1000)
+            child(self.upstream, by).observe(ctx.upstream_ms / 1000)
+            child(self.router_time, by).observe(ctx.router_ms / 1000)
         if ctx.ttft_ms is not None and status < 400:
             stream = "true" if ctx.stream is not None else "false"
-            self.ttft.labels(request_type, backend, cache, stream).observe(ctx.ttft_ms / 1000)
+            child(self.ttft, (*by, stream)).observe(ctx.ttft_ms / 1000)
         usage = ctx.usage
         if usage is not None:
-            self.token_usage.labels(request_type, backend, "input").observe(usage.prompt_tokens)
-            self.token_usage.labels(request_type, backend, "output").observe(
+            child(self.token_usage, (request_type, backend, "input")).observe(usage.prompt_tokens)
+            child(self.token_usage, (request_type, backend, "output")).observe(
                 usage.completion_tokens
             )
-            self.tokens.labels(request_type, backend, "input").inc(usage.prompt_tokens)
-            self.tokens.labels(request_type, backend, "output").inc(usage.completion_tokens)
-            self.tokens.labels(request_type, backend, "cached_input").inc(usage.cached_tokens)
+            child(self.tokens, (request_type, backend, "input")).inc(usage.prompt_tokens)
+            child(self.tokens, (request_type, backend, "output")).inc(usage.completion_tokens)
+            if usage.cached_tokens:
+                child(self.tokens, (request_type, backend, "cached_input")).inc(usage.cached_tokens)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, memoised: ``labels()`` validates and locks on every
+        call, which costs more than the observation itself. Label values come from the config
+        and a few fixed sets, so the memo stays small."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     # -- hooks for placement and backend health ----------------------------------------------
 

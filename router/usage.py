@@ -11,12 +11,15 @@ Messages API (``input_tokens`` + ``cache_read_input_tokens``, which it counts ap
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 _KEY = b'"usage"'
+# A usage object nests two levels at most (prompt_tokens_details); its values are numbers.
+_USAGE_OBJECT = re.compile(rb"\s*:\s*(\{(?:[^{}]++|\{(?:[^{}]++|\{[^{}]*+\})*+\})*+\})")
 # A usage object is small; a match further than this from the end is not the answer's usage.
 _TAIL = 8 << 10
 
@@ -54,45 +57,18 @@ def usage_from_bytes(data: bytes) -> Usage | None:
     """The last ``"usage": {...}`` object in a JSON document or SSE event, if any.
 
     Only the tail is searched and only the usage object itself is parsed, so a long answer
-    costs a reverse scan, not a second full parse.
+    costs a reverse scan and a small regex match, not a second full parse.
     """
     at = data.rfind(_KEY, max(0, len(data) - _TAIL))
     if at < 0:
         return None
-    start = data.find(b"{", at + len(_KEY))
-    if start < 0 or data[at + len(_KEY) : start].strip(b" \t\r\n:"):
-        return None  # "usage": null, or something else between the key and a brace
-    end = _closing_brace(data, start)
-    if end < 0:
-        return None
+    match = _USAGE_OBJECT.match(data, at + len(_KEY))
+    if match is None:
+        return None  # "usage": null, or not an object of the usual depth
     try:
-        return usage_from_dict(orjson.loads(data[start : end + 1]))
+        return usage_from_dict(orjson.loads(match.group(1)))
     except orjson.JSONDecodeError:
         return None
-
-
-def _closing_brace(data: bytes, start: int) -> int:
-    """Index of the brace closing the object opened at ``start`` (strings skipped), or -1."""
-    depth = 0
-    in_string = escaped = False
-    for index in range(start, len(data)):
-        char = data[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == 0x5C:  # backslash
-                escaped = True
-            elif char == 0x22:  # quote
-                in_string = False
-        elif char == 0x22:
-            in_string = True
-        elif char == 0x7B:  # {
-            depth += 1
-        elif char == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                return index
-    return -1
 
 
 def _int(value: Any) -> int:
