@@ -43,18 +43,23 @@ from router.keys import (
     SESSION,
     STORE,
     TRACER,
+    WATCHER,
 )
 from router.logs import log_access
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
-from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore
+from router.redis_store import RedisPrefixStore
+from router.store import MemoryPrefixStore, PrefixStore
 from router.tracing import RequestTracer
 from router.upstream import new_session
+from router.watch import Watcher, attach
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/dashboard", "/dashboard/data"})
+_PUBLIC_PATHS = frozenset(
+    {"/health", "/health/backends", "/ready", "/metrics", "/dashboard", "/dashboard/data"}
+)
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
@@ -72,6 +77,7 @@ def create_app(
     )
     app[CONFIG] = config
     app[BALANCER] = Balancer(config)
+    attach(app[BALANCER], config)
     app[METRICS] = Metrics()
     app[RECENT_ERRORS] = RecentErrors()
     if tracer is None and config.tracing.otlp_endpoint:
@@ -88,7 +94,7 @@ def create_app(
         app[STORE] = store
     if objects is not None:
         app[OBJECTS] = objects
-    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx])
+    app.cleanup_ctx.extend([session_ctx, store_ctx, objects_ctx, dispatcher_ctx, watch_ctx])
     _add_routes(app)
     return app
 
@@ -112,6 +118,7 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", meta.list_models)
     app.router.add_get("/v1/models/{model:.+}", meta.retrieve_model)
     app.router.add_get("/health", meta.health)
+    app.router.add_get("/health/backends", meta.health_backends)
     app.router.add_get("/ready", meta.ready)
     app.router.add_get("/metrics", meta.metrics)
     app.router.add_get("/dashboard", dashboard.page)
@@ -134,6 +141,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                 key_prefix=cache.key_prefix,
                 timeout=cache.timeout_ms / 1000,
                 retry_after=cache.retry_after,
+                failure_threshold=cache.failure_threshold,
                 max_connections=app[CONFIG].upstream.connection_limit,
             )
             await redis_store.prepare()
@@ -168,6 +176,15 @@ async def tracer_ctx(app: web.Application) -> AsyncIterator[None]:
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
     yield
+
+
+async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics scrapes and health probes of every replica, in the background."""
+    watcher = Watcher(app[CONFIG], app[BALANCER])
+    await watcher.start()
+    app[WATCHER] = watcher
+    yield
+    await watcher.close()
 
 
 @web.middleware
@@ -284,7 +301,10 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
     duration_ms = (time.perf_counter() - ctx.started) * 1000
     app = request.app
     metrics = app[METRICS]
-    metrics.observe(ctx, endpoint, status, duration_ms / 1000)
+    primary = None
+    if ctx.fallback is not None and ctx.request_type is not None:
+        primary = app[CONFIG].routes.backend_for(ctx.request_type)
+    metrics.observe(ctx, endpoint, status, duration_ms / 1000, primary)
     if ctx.replica is not None and ctx.backend is not None:
         pool = app[BALANCER].pools.get(ctx.backend)
         # This worker's count after the request ended: the gauge is summed over workers.

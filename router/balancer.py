@@ -1,20 +1,24 @@
-"""Replica choice inside a backend pool: prefix affinity weighed against load and health.
+"""Backend pools and their replicas: what the picker may know about each replica.
 
-Load is the number of requests this process has in flight to a replica. A replica that failed
-to connect rests for ``replica_cooldown`` seconds; when every replica of a pool rests, all are
-tried anyway (a pool is never empty by choice of the router).
+The picker (``router.picker``) reads a replica only through ``load()``, ``usable(now)`` and
+``accepts_new_prefixes()``, so where those figures come from can change without touching it.
+Load is what the replica itself reports at ``/metrics`` plus what this router sent it since,
+or this process's in-flight count without fresh figures (``router.load``); usable is its
+circuit breaker (``router.health``); new prefixes stay off a replica reporting its KV cache
+nearly full. ``router.watch.attach`` configures both per replica and keeps them current.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from zlib import crc32
 
 import aiohttp
 
-from router.config import BackendConfig, RouterConfig, RoutingConfig
+from router.config import BackendConfig, HealthConfig, LoadConfig, RouterConfig, RoutingConfig
+from router.health import ReplicaHealth
+from router.load import LoadGauge
 
 
 @dataclass(eq=False, slots=True)
@@ -24,7 +28,8 @@ class Replica:
     backend: BackendConfig
     in_flight: int = 0
     down_until: float = 0.0
-    prefixes: int = 0  # new prefixes this process placed here (a proxy for its cache's share)
+    health: ReplicaHealth = field(default_factory=lambda: ReplicaHealth(HealthConfig(), 5.0))
+    gauge: LoadGauge = field(default_factory=lambda: LoadGauge(LoadConfig()))
     # Built once, not per request: the backend's timeouts and upstream auth header.
     timeout: aiohttp.ClientTimeout = field(init=False)
     headers: dict[str, str] = field(init=False)
@@ -38,6 +43,23 @@ class Replica:
         if self.backend.api_key is not None:
             self.headers["Authorization"] = f"Bearer {self.backend.api_key.get_secret_value()}"
 
+    def load(self, now: float | None = None) -> float:
+        """How busy the replica is: reported running + waiting + sent since the last scrape,
+        when fresh; else the requests this process has in flight to it."""
+        return self.gauge.load(time.monotonic() if now is None else now, self.in_flight)
+
+    def usable(self, now: float) -> bool:
+        """Whether requests may be sent to it now: its circuit breaker lets them through."""
+        return self.down_until <= now and self.health.usable(now)
+
+    def accepts_new_prefixes(self, now: float | None = None) -> bool:
+        """Whether to place prefixes it does not hold yet here: not while it reports KV usage
+        at or above ``load.kv_full``, nor while its last attempt failed (a prefix it just lost
+        by failing should not be placed straight back on it)."""
+        if self.health.failures:
+            return False
+        return not self.gauge.kv_full(time.monotonic() if now is None else now)
+
 
 @dataclass(eq=False, slots=True)
 class Pool:
@@ -46,13 +68,9 @@ class Pool:
     turn: int = field(default=0)
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
-    replica: Replica
-    affinity: bool  # True when the request went to the replica holding its prefix
-
-
 class Balancer:
+    """The pools of replicas, and their health as this process sees it."""
+
     def __init__(self, config: RouterConfig, *, clock: Callable[[], float] = time.monotonic):
         self._routing: RoutingConfig = config.routing
         self._clock = clock
@@ -60,60 +78,8 @@ class Balancer:
             b.name: Pool(b, [Replica(r.id, r.url, b) for r in b.replicas]) for b in config.backends
         }
 
-    def pick(
-        self,
-        pool: Pool,
-        *,
-        warm: str | None = None,
-        tie_key: str | None = None,
-        exclude: Sequence[Replica] = (),
-    ) -> Choice:
-        """Choose a replica; ``warm`` is the id of the replica holding the request's prefix."""
-        candidates = self._available(pool, exclude)
-        policy = self._routing.policy
-        if policy == "round_robin":
-            pool.turn += 1
-            return Choice(candidates[pool.turn % len(candidates)], False)
-        least = min(r.in_flight for r in candidates)
-        if policy == "prefix_affinity" and warm is not None:
-            held = next((r for r in candidates if r.id == warm), None)
-            if held is not None and not self._overloaded(held.in_flight, least):
-                return Choice(held, True)
-        if tie_key is not None and policy == "prefix_affinity":
-            return Choice(self._place(candidates, least, tie_key), False)
-        idle = [r for r in candidates if r.in_flight == least]
-        if tie_key is not None:
-            # Equal loads: spread distinct prefixes evenly, the same prefix always the same way.
-            return Choice(idle[crc32(tie_key.encode()) % len(idle)], False)
-        pool.turn += 1
-        return Choice(idle[pool.turn % len(idle)], False)
-
-    def _place(self, candidates: list[Replica], least: int, key: str) -> Replica:
-        """Where a prefix no replica holds goes: among replicas not overloaded, the one that
-        was given the fewest prefixes (as SGLang's cache-aware policy picks the smallest tree),
-        then the least loaded, then by the key. Placing by load alone pins a burst of new
-        prefixes onto whichever replica happened to be idle at that instant."""
-        fit = [r for r in candidates if not self._overloaded(r.in_flight, least)]
-        fewest = min((r.prefixes, r.in_flight) for r in fit)
-        best = [r for r in fit if (r.prefixes, r.in_flight) == fewest]
-        chosen = best[crc32(key.encode()) % len(best)]
-        chosen.prefixes += 1
-        return chosen
-
     def mark_failed(self, replica: Replica) -> None:
         replica.down_until = self._clock() + self._routing.replica_cooldown
 
     def mark_ok(self, replica: Replica) -> None:
         replica.down_until = 0.0
-
-    def _available(self, pool: Pool, exclude: Sequence[Replica]) -> list[Replica]:
-        now = self._clock()
-        fresh = [r for r in pool.replicas if r not in exclude] if exclude else pool.replicas
-        healthy = [r for r in fresh if r.down_until <= now]
-        return healthy or fresh or pool.replicas
-
-    def _overloaded(self, load: int, least: int) -> bool:
-        return (
-            load - least > self._routing.balance_abs_threshold
-            and load > least * self._routing.balance_rel_threshold
-        )

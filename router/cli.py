@@ -324,6 +324,8 @@ def _check_config(args: argparse.Namespace) -> int:
         replicas = ", ".join(r.id for r in backend.replicas)
         model = backend.model or "(client's model id)"
         print(f"{request_type:<8} {backend.name:<20} {backend.api:<10} {model:<24} {replicas}")
+        for fallback in config.routes.pools_for(request_type)[1:]:
+            print(f"{'':<8} then {fallback}")
     store = "redis" if config.cache.redis_url else "memory"
     print(f"routing policy: {config.routing.policy}; prefix store: {store}")
     return 0

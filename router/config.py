@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -66,9 +67,26 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_metrics(value: str) -> str:
+    """``auto``, ``off`` or an http(s) URL: where a replica publishes Prometheus metrics."""
+    if value in ("auto", "off") or re.match(r"^https?://[^/\s]+", value):
+        return value
+    raise ValueError("must be auto, off, or an http:// or https:// URL of a /metrics page")
+
+
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 reads a bare ``off`` as false.
+    return "off" if value is False else value
+
+
+MetricsSource = Annotated[str, BeforeValidator(_yaml_off), AfterValidator(_check_metrics)]
+
+
 class ReplicaConfig(_Frozen):
     id: str = Field(min_length=1)
     url: str
+    # Overrides the backend's ``metrics`` for this replica (a URL is per replica by nature).
+    metrics: MetricsSource | None = None
 
     @field_validator("url")
     @classmethod
@@ -97,25 +115,56 @@ class BackendConfig(_Frozen):
     forward_cache_control: bool = False
     prompt_cache_key: bool = False
     cache: BackendCacheConfig = BackendCacheConfig()
+    # Where replicas publish vLLM/SGLang metrics: auto = the replica URL's origin + /metrics.
+    metrics: MetricsSource = "auto"
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> BackendConfig:
         ids = [r.id for r in self.replicas]
         if len(ids) != len(set(ids)):
             raise ValueError(f"replica ids must be unique within backend {self.name!r}")
+        if self.metrics not in ("auto", "off") and len(self.replicas) > 1:
+            raise ValueError(
+                "a metrics URL on the backend fits one replica only; give each replica its own "
+                "replicas[].metrics, or use auto"
+            )
         return self
+
+    def metrics_url(self, replica: ReplicaConfig) -> str | None:
+        """The replica's metrics page, or None when it publishes none."""
+        source = replica.metrics or self.metrics
+        if source == "off":
+            return None
+        if source == "auto":
+            origin = re.match(r"^https?://[^/\s]+", replica.url)
+            return origin.group(0) + "/metrics" if origin else None
+        return source
+
+
+def _pool_list(value: object) -> object:
+    """A route is one backend name or a list of them (fallback pools, tried in order)."""
+    return [value] if isinstance(value, str) else value
+
+
+PoolList = Annotated[list[str], BeforeValidator(_pool_list), Field(min_length=1)]
 
 
 class RoutesConfig(_Frozen):
-    text: str
-    code: str
-    json_: str = Field(alias="json")
-    vision: str
+    text: PoolList
+    code: PoolList
+    json_: PoolList = Field(alias="json")
+    vision: PoolList
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
+    def pools_for(self, request_type: str, effort: str | None = None) -> list[str]:
+        """The backend names serving ``request_type``, primary first, then fallbacks."""
+        pools: list[str] = self.json_ if request_type == "json" else getattr(self, request_type)
+        return list(pools)
+
     def backend_for(self, request_type: str) -> str:
-        return self.json_ if request_type == "json" else str(getattr(self, request_type))
+        """The primary pool of ``request_type``."""
+        return self.pools_for(request_type)[0]
 
 
 class ServerConfig(_Frozen):
@@ -132,8 +181,32 @@ class RoutingConfig(_Frozen):
     # than both thresholds (in the manner of SGLang's balance_abs/rel_threshold).
     balance_abs_threshold: int = Field(default=32, ge=0)
     balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    # A new prefix goes, in rendezvous order, to the first replica whose load is within this
+    # much of the least-loaded one's: deterministic while loads are even (every router agrees),
+    # load-aware when they are not (so the prefixes of a busy fleet spread).
+    placement_slack: float = Field(default=0.0, ge=0)
     replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
-    retries: int = Field(default=1, ge=0, description="other replicas tried before the first byte")
+    retries: int = Field(default=2, ge=0, description="other replicas tried before the first byte")
+    # Every attempt of a request (all pools) must have its response headers within this.
+    deadline: float = Field(default=300.0, gt=0, description="seconds until response headers")
+
+
+class HealthConfig(_Frozen):
+    """The per-replica circuit breaker and the background liveness checker."""
+
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures to open")
+    max_open: float = Field(default=60.0, gt=0, description="longest rest, Retry-After included")
+    probe_interval: float = Field(default=5.0, gt=0, description="seconds between probes")
+    probe_timeout: float = Field(default=2.0, gt=0)
+
+
+class LoadConfig(_Frozen):
+    """Scraping the replicas' own metrics (vLLM, SGLang) for their load and KV usage."""
+
+    interval: float = Field(default=0.25, gt=0, description="seconds between scrapes")
+    stale_after: float = Field(default=2.0, gt=0, description="older figures are not used")
+    timeout: float = Field(default=1.0, gt=0, description="one scrape's deadline")
+    kv_full: float = Field(default=0.95, gt=0, le=1, description="KV usage refusing new prefixes")
 
 
 class CacheConfig(_Frozen):
@@ -151,6 +224,12 @@ class CacheConfig(_Frozen):
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Redis faults in a row before it counts as down"
+    )
+    # Automatic prefixes: unmarked requests get affinity on their message boundaries.
+    automatic: bool = True
+    automatic_min_tokens: int = Field(default=1024, ge=0, description="estimated tokens")
     memory_max_entries: int = Field(default=100_000, gt=0)
     responses_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="stored objects, seconds")
 
@@ -158,6 +237,7 @@ class CacheConfig(_Frozen):
 class UpstreamPoolConfig(_Frozen):
     connection_limit: int = Field(default=1024, gt=0)
     connection_limit_per_host: int = Field(default=256, gt=0)
+    max_body_size: ByteSize = Field(default=64 << 20, description="largest upstream JSON answer")
 
 
 class TracingConfig(_Frozen):
@@ -184,6 +264,8 @@ class RouterConfig(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     cache: CacheConfig = CacheConfig()
     upstream: UpstreamPoolConfig = UpstreamPoolConfig()
+    health: HealthConfig = HealthConfig()
+    load: LoadConfig = LoadConfig()
     tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
@@ -194,16 +276,27 @@ class RouterConfig(_Frozen):
         replica_ids = [r.id for b in self.backends for r in b.replicas]
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
-        missing = [
-            (
-                ("routes", request_type),
-                f"names backend {target!r}, which is not defined (defined: {', '.join(names)})",
-            )
-            for request_type in REQUEST_TYPES
-            if (target := self.routes.backend_for(request_type)) not in names
-        ]
-        if missing:
-            raise LocatedProblems(missing)
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for request_type in REQUEST_TYPES:
+            targets = self.routes.pools_for(request_type)
+            loc: tuple[str, ...] = ("routes", request_type)
+            if len(targets) != len(set(targets)):
+                problems.append((loc, "lists a backend twice"))
+            apis = {b.api for b in self.backends if b.name in targets}
+            if len(apis) > 1:
+                problems.append((loc, "fallback pools must speak the same api as the first"))
+            for index, target in enumerate(targets):
+                if target not in names:
+                    where = (*loc, str(index)) if len(targets) > 1 else loc
+                    problems.append(
+                        (
+                            where,
+                            f"names backend {target!r}, which is not defined "
+                            f"(defined: {', '.join(names)})",
+                        )
+                    )
+        if problems:
+            raise LocatedProblems(problems)
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -241,7 +334,7 @@ def embedded_config(
         )
         for name, replicas in pools.items()
     ]
-    routes = RoutesConfig(**{t: f"sim-{t}" for t in REQUEST_TYPES})
+    routes = RoutesConfig.model_validate({t: f"sim-{t}" for t in REQUEST_TYPES})
     return RouterConfig(server=ServerConfig(host=host, port=port), backends=backends, routes=routes)
 
 

@@ -19,6 +19,9 @@ EXPOSED_HEADERS = (
     "X-DI-Backend",
     "X-DI-Replica",
     "X-DI-Cache",
+    "X-DI-Prefix-Tokens",
+    "X-DI-Attempts",
+    "X-DI-Fallback",
     "X-Request-Id",
     "Server-Timing",
 )
@@ -33,8 +36,11 @@ class RequestContext:
     backend: str | None = None  # the pool that serves (or was meant to serve) the request
     replica: str | None = None  # the replica id the request was sent to
     cache: str | None = None  # hit | miss | none | bypass
+    prefix_tokens: int | None = None  # estimated tokens of the matched prefix (0: none held)
     router_ms: float = 0.0  # the router's own work before the upstream call
     upstream_ms: float = 0.0  # upstream call until its response headers
+    attempts: int = 0  # upstream attempts made (retries and fallback pools included)
+    fallback: str | None = None  # the answering pool, when it is not the route's first
     # Headers a component adds that no other one reads (e.g. rate-limit figures).
     extra_headers: dict[str, str] = field(default_factory=dict)
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
@@ -45,6 +51,7 @@ class RequestContext:
     error: str | None = None  # what went wrong, for the dashboard's recent errors (no secrets)
     trace_headers: dict[str, str] = field(default_factory=dict)  # traceparent, sent upstream
     span: object | None = None  # the request's trace span, when tracing is on
+    retried: list[tuple[str, str]] = field(default_factory=list)  # (backend, why) per retry
 
     @classmethod
     def start(cls, request_id: str, base_headers: dict[str, str]) -> RequestContext:
@@ -77,6 +84,12 @@ class RequestContext:
             headers["X-DI-Replica"] = self.replica
         if self.cache is not None:
             headers["X-DI-Cache"] = self.cache
+            if self.cache != "none" and self.prefix_tokens is not None:
+                headers["X-DI-Prefix-Tokens"] = str(self.prefix_tokens)
+        if self.backend is not None:
+            headers["X-DI-Attempts"] = str(self.attempts)
+        if self.fallback is not None:
+            headers["X-DI-Fallback"] = self.fallback
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
         if self.extra_headers:

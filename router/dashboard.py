@@ -18,6 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from router.balancer import Balancer
 from router.context import RequestContext
+from router.metrics import Metrics
+from router.redis_store import RedisPrefixStore
+from router.store import PrefixStore
 
 MAX_ERRORS = 20
 
@@ -44,6 +47,18 @@ class RecentErrors:
 
     def list(self) -> list[dict[str, Any]]:
         return list(self._entries)
+
+
+def refresh_gauges(metrics: Metrics, balancer: Balancer, store: PrefixStore, now: float) -> None:
+    """Set the gauges read from live state (this process's view) just before a scrape."""
+    for name, pool in balancer.pools.items():
+        for replica in pool.replicas:
+            metrics.replica_in_flight(name, replica.id, replica.in_flight)
+            metrics.replica_load(name, replica.id, replica.load(now))
+            replica.health.usable(now)  # moves a rested breaker to half-open: a current view
+            metrics.breaker_state(name, replica.id, replica.health.state.value)
+    if isinstance(store, RedisPrefixStore):
+        metrics.redis_state(not store.down)
 
 
 def dashboard_data(
@@ -159,15 +174,16 @@ def _replicas(balancer: Balancer, samples: dict[str, list[Sample]], now: float) 
     for name, pool in balancer.pools.items():
         for replica in pool.replicas:
             key = (name, replica.id)
-            healthy = replica.down_until <= now
+            state = replica.health.state.value  # closed, half_open or open (the breaker)
+            healthy = state != "open" and replica.down_until <= now
             rows.append(
                 {
                     "backend": name,
                     "id": replica.id,
                     "in_flight": in_flight.get(key, float(replica.in_flight)),
-                    "load": load.get(key, in_flight.get(key, float(replica.in_flight))),
+                    "load": load.get(key, replica.load(now)),
                     "healthy": healthy,
-                    "state": "up" if healthy else "resting",
+                    "state": {"closed": "up", "half_open": "trial", "open": "resting"}[state],
                 }
             )
     return rows

@@ -1,14 +1,16 @@
-"""From a validated request to an open upstream response: classify, look up, pick, send.
+"""From a validated request to an open upstream response: classify, place, send, report.
 
 This is the request's path through the router's pieces, in order; each piece lives in its own
-module. ``plan`` is pure; ``dispatch`` costs one prefix-store round trip and the upstream call,
-and retries another replica when one cannot be connected to (nothing was sent, so it is safe).
+module. ``plan`` is pure (classify, prefix chain); ``dispatch`` costs one prefix-index round
+trip (``router.placement``) and the upstream call. ``router.retry`` tries the ranked candidates
+of the route's pools in order before the first byte (what is retried, and what is not, is
+written there); each attempt's outcome is reported at one point, ``_report``, which placement
+(prefix holders) and replica health (the circuit breaker) learn from.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,12 +20,18 @@ import aiohttp
 import orjson
 
 from router.balancer import Balancer, Pool, Replica
+from router.chain import NO_PREFIX, PrefixChain, build_chain
 from router.classify import RequestType, classify
 from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
-from router.prefix import Breakpoint, find_breakpoints, strip_cache_control
-from router.store import PrefixHit, PrefixStore, StoreUnavailable
-from router.upstream import Unreachable, send
+from router.errors import UpstreamError, UpstreamTimeout
+from router.health import Failure
+from router.picker import Picker
+from router.placement import Outcome, Placement, Placer
+from router.prefix import Markers, find_markers, strip_cache_control
+from router.retry import Attempts, Route, Verdict, end
+from router.store import PrefixStore
+from router.upstream import DEFAULT_MAX_BODY, Disconnected, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +42,36 @@ class Plan:
 
     request_type: RequestType
     pool: Pool
-    breakpoints: list[Breakpoint]  # shortest first; only those long enough to be cached
-    marked: bool  # the body carries cache_control markers (to strip before forwarding)
+    chain: PrefixChain
+    markers: Markers | None = None  # where the body's cache_control keys are, if any
+    model: str | None = None  # the client's model id (a fallback pool may need it back)
 
     @property
     def backend(self) -> BackendConfig:
         return self.pool.backend
 
+    @property
+    def marked(self) -> bool:
+        """The body carries cache_control markers (to strip before forwarding)."""
+        return self.chain.marked
+
+    @property
+    def prompt_cache_key(self) -> str | None:
+        """OpenAI's ``prompt_cache_key`` for backends that take one: the request's first
+        prefix key, the one its neighbours share."""
+        return self.chain.placement_key
+
 
 @dataclass(slots=True)
 class Routed:
-    """An upstream response in flight, and where it came from."""
+    """An upstream response in flight, where it came from, and what its answer said."""
 
     response: aiohttp.ClientResponse
     replica: Replica
     cache: str
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when seen
+    broken: bool = False  # the answer broke off after its headers
+    body_limit: int = DEFAULT_MAX_BODY  # upstream.max_body_size
 
 
 class Dispatcher:
@@ -61,31 +84,53 @@ class Dispatcher:
     ) -> None:
         self._config = config
         self._balancer = balancer
-        self._store = store
         self._session = session
         self._routes = {t: balancer.pools[config.routes.backend_for(t)] for t in RequestType}
-        self._affinity = config.routing.policy == "prefix_affinity"
+        self._fallbacks = {
+            t: [balancer.pools[name] for name in config.routes.pools_for(t)[1:]]
+            for t in RequestType
+        }
+        self._attempts = Attempts(config.routing, session)
+        self._cache = config.cache
+        self.placer = Placer(
+            store,
+            Picker(config.routing),
+            affinity=config.routing.policy == "prefix_affinity",
+        )
 
     def plan(
         self, chat_body: dict[str, Any], ctx: RequestContext, raw: bytes | None = None
     ) -> Plan:
-        """Classify a chat-shaped body and compute its prefix keys; raises InvalidRequest.
+        """Classify a chat-shaped body and compute its prefix chain; raises InvalidRequest.
 
-        ``raw``, the body's bytes when it came as is, lets most requests skip the breakpoint
-        walk: without the key's bytes anywhere there can be no marker.
+        ``raw``, the body's bytes when it came as is, lets unmarked requests skip the marker
+        walk when automatic prefixes are off: without the key's bytes there is no marker.
         """
         request_type = classify(chat_body)
         ctx.request_type = request_type.value
         pool = self._routes[request_type]
         backend = pool.backend
         ctx.backend = backend.name
-        if raw is not None and b'"cache_control"' not in raw:
-            return Plan(request_type, pool, [], marked=False)
-        namespace = f"{backend.name}\x00{backend.model or chat_body.get('model')}"
-        found = find_breakpoints(chat_body, namespace)
-        minimum = backend.cache.min_tokens
-        breakpoints = [bp for bp in found if bp.tokens >= minimum] if minimum else found
-        return Plan(request_type, pool, breakpoints, marked=bool(found))
+        automatic = self._cache.automatic
+        model = chat_body.get("model")
+        model = model if isinstance(model, str) else None
+        if not automatic and raw is not None and b'"cache_control"' not in raw:
+            return Plan(request_type, pool, NO_PREFIX, model=model)
+        markers = find_markers(chat_body)
+        chain = build_chain(
+            chat_body,
+            self._namespace(backend, chat_body),
+            min_tokens=backend.cache.min_tokens,
+            automatic=automatic,
+            automatic_min_tokens=self._cache.automatic_min_tokens,
+            markers=markers,
+        )
+        return Plan(request_type, pool, chain, markers if markers.keys else None, model)
+
+    @staticmethod
+    def _namespace(backend: BackendConfig, chat_body: dict[str, Any]) -> str:
+        """Prefix keys of one pool and upstream model never meet another's."""
+        return f"{backend.name}\x00{backend.model or chat_body.get('model')}"
 
     def payload(self, body: dict[str, Any], raw: bytes | None, plan: Plan) -> bytes:
         """The bytes to send upstream: the client's body, changed only where the backend says."""
@@ -93,12 +138,14 @@ class Dispatcher:
         changed = body
         if backend.model and body.get("model") != backend.model:
             changed = {**changed, "model": backend.model}
-        if plan.marked and not backend.forward_cache_control:
-            changed = strip_cache_control(changed)
-        if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
-            changed = {**changed, "prompt_cache_key": plan.breakpoints[-1].key}
-        if changed is body and raw is not None:
+        strip = plan.markers is not None and not backend.forward_cache_control
+        key = plan.prompt_cache_key
+        if backend.prompt_cache_key and key and "prompt_cache_key" not in body:
+            changed = {**changed, "prompt_cache_key": key}
+        if changed is body and raw is not None and not strip:
             return raw
+        if strip:
+            changed = strip_cache_control(changed)
         return orjson.dumps(changed)
 
     @asynccontextmanager
@@ -106,79 +153,102 @@ class Dispatcher:
         self, ctx: RequestContext, plan: Plan, path: str, payload: bytes
     ) -> AsyncIterator[Routed]:
         """Open the upstream request; the replica counts it in flight until the block exits."""
-        hit, cache = await self._lookup(plan)
-        tie_key = plan.breakpoints[-1].key if plan.breakpoints else None
-        choice = self._balancer.pick(plan.pool, warm=hit.replica if hit else None, tie_key=tie_key)
-        if choice.affinity:
-            cache = "hit"
-        # A hit on the longest prefix is refreshed by the lookup itself; anything else is new.
-        if not (choice.affinity and hit is not None and hit.index == len(plan.breakpoints) - 1):
-            self._remember(plan, choice.replica, cache)
-        routed = await self._send(ctx, plan, choice.replica, cache, path, payload, tie_key)
+
+        async def prepare(pool: Pool) -> Route[Placement]:
+            if pool is plan.pool:
+                placement = await self.placer.place(pool, plan.chain)
+                return Route(pool, placement.ranking.candidates, payload, placement)
+            # A fallback pool: no affinity there (the index speaks for the first pool only).
+            placement = await self.placer.place(pool, NO_PREFIX)
+            body = self._fallback_payload(pool, plan, payload)
+            return Route(pool, placement.ranking.candidates, body, placement)
+
+        def sending(route: Route[Placement], replica: Replica) -> None:
+            ctx.cache = route.placement.cache(replica)
+            ctx.prefix_tokens = route.placement.prefix_tokens(replica)
+            self.placer.dispatched(route.placement, replica)
+
+        def failed(route: Route[Placement], replica: Replica, exc: UpstreamError) -> Verdict:
+            return self._report(route.placement, replica, _outcome_of(exc), error=exc)
+
+        pools = [plan.pool, *self._fallbacks[plan.request_type]]
+        opened = await self._attempts.open(
+            ctx, pools, prepare, path, sending=sending, failed=failed
+        )
+        placement = opened.route.placement
+        routed = Routed(
+            opened.response,
+            opened.replica,
+            ctx.cache or "none",
+            body_limit=self._config.upstream.max_body_size,
+        )
+        outcome = Outcome.ABANDONED
         try:
             yield routed
+            outcome = Outcome.BROKEN if routed.broken else Outcome.OK
+        except UpstreamTimeout:
+            outcome = Outcome.TIMEOUT
+            raise
+        except UpstreamError:
+            outcome = Outcome.BROKEN
+            raise
         finally:
-            routed.replica.in_flight -= 1
+            end(routed.replica, opened.token)
             routed.response.close()
+            self._report(placement, routed.replica, outcome, routed.cached_tokens)
 
-    def _remember(self, plan: Plan, replica: Replica, cache: str) -> None:
-        # Recorded at dispatch, not on completion, so a burst of first requests for one new
-        # prefix converges on this replica instead of scattering.
-        if cache != "bypass" and self._affinity and plan.breakpoints:
-            self._store.record(plan.breakpoints, replica.id)
+    def _fallback_payload(self, pool: Pool, plan: Plan, payload: bytes) -> bytes:
+        """A fallback pool gets the first pool's payload with its own model name (or the
+        client's, when it names none)."""
+        wanted = pool.backend.model or plan.model
+        if wanted is None or wanted == (plan.backend.model or plan.model):
+            return payload
+        body = orjson.loads(payload)
+        body["model"] = wanted
+        return orjson.dumps(body)
 
-    async def _send(
+    def _report(
         self,
-        ctx: RequestContext,
-        plan: Plan,
+        placement: Placement,
         replica: Replica,
-        cache: str,
-        path: str,
-        payload: bytes,
-        tie_key: str | None,
-    ) -> Routed:
-        """Send to ``replica``; one that cannot be connected to is rested and another tried."""
-        tried: list[Replica] = []
-        while True:
-            ctx.replica = replica.id
-            ctx.cache = cache
-            replica.in_flight += 1
-            sent = time.perf_counter()
-            ctx.router_ms = (sent - ctx.started) * 1000
-            try:
-                response = await send(
-                    self._session(), replica, path, payload, ctx.upstream_headers()
-                )
-            except Unreachable:
-                replica.in_flight -= 1
-                self._balancer.mark_failed(replica)
-                tried.append(replica)
-                retries = self._config.routing.retries
-                if len(tried) > retries or len(tried) >= len(plan.pool.replicas):
-                    raise
-                log.warning(
-                    "request %s: replica %s unreachable, retrying elsewhere",
-                    ctx.request_id,
-                    replica.id,
-                )
-                replica = self._balancer.pick(plan.pool, tie_key=tie_key, exclude=tried).replica
-                self._remember(plan, replica, cache)
-                cache = "miss" if cache == "hit" else cache
-                continue
-            except BaseException:
-                replica.in_flight -= 1
-                raise
-            if replica.down_until:
-                self._balancer.mark_ok(replica)
-            ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-            return Routed(response, replica, cache)
+        outcome: Outcome,
+        cached_tokens: int | None = None,
+        *,
+        error: UpstreamError | None = None,
+    ) -> Verdict:
+        """The one place each attempt's outcome is reported: placement (prefix holders) and
+        health (the breaker). ``error`` is the failure of an attempt that got no headers."""
+        # metrics: attempt outcome per replica (issue 12)
+        verdict = self._attempts.judge(error) if error is not None else _verdict_of(outcome)
+        health = replica.health
+        if verdict.answered:
+            health.succeeded()
+        elif verdict.failure is None:
+            health.abandoned()
+        else:
+            health.failed(verdict.failure, self._attempts.now(), verdict.retry_after)
+        self.placer.report(placement, replica, outcome, cached_tokens)
+        return verdict
 
-    async def _lookup(self, plan: Plan) -> tuple[PrefixHit | None, str]:
-        if not plan.breakpoints:
-            return None, "none"
-        if not self._affinity:
-            return None, "miss"
-        try:
-            return await self._store.lookup(plan.breakpoints), "miss"
-        except StoreUnavailable:
-            return None, "bypass"
+
+def _verdict_of(outcome: Outcome) -> Verdict:
+    """How an answered attempt ends counts for the breaker: a stream that broke off after its
+    headers is a failure (never retried: bytes may have reached the client)."""
+    if outcome is Outcome.OK:
+        return Verdict(None, retry=False, answered=True)
+    if outcome in (Outcome.BROKEN, Outcome.TIMEOUT):
+        return Verdict(Failure.DISCONNECT, retry=False)
+    return Verdict(None, retry=False)
+
+
+def _outcome_of(exc: UpstreamError) -> Outcome:
+    if isinstance(exc, Unreachable):
+        return Outcome.ABANDONED if exc.stale else Outcome.REFUSED
+    if isinstance(exc, Disconnected):
+        return Outcome.BROKEN
+    if isinstance(exc, UpstreamTimeout):
+        return Outcome.TIMEOUT
+    status = exc.upstream_status
+    if status is None or status >= 500:
+        return Outcome.ERROR
+    return Outcome.BUSY if status == 429 else Outcome.REJECTED

@@ -14,6 +14,7 @@ from router.metrics import Metrics
 from router.objects import ObjectStore
 from router.store import PrefixStore
 from router.tracing import RequestTracer
+from router.watch import Watcher
 
 CONFIG = web.AppKey("config", RouterConfig)
 BALANCER = web.AppKey("balancer", Balancer)
@@ -24,6 +25,7 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
 TRACER = web.AppKey("tracer", RequestTracer)
+WATCHER = web.AppKey("watcher", Watcher)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
 BASE_HEADERS = web.AppKey("base_headers", dict[str, str])

@@ -159,8 +159,16 @@ class Metrics:
 
     # -- per request -------------------------------------------------------------------------
 
-    def observe(self, ctx: RequestContext, endpoint: str, status: int, duration_s: float) -> None:
-        """Everything one finished request tells, read from its context."""
+    def observe(
+        self,
+        ctx: RequestContext,
+        endpoint: str,
+        status: int,
+        duration_s: float,
+        primary: str | None = None,
+    ) -> None:
+        """Everything one finished request tells, read from its context; ``primary`` is the
+        first pool of the request's route (a fallback is counted against it)."""
         request_type = ctx.request_type or ""
         backend = ctx.backend or ""
         cache = ctx.cache or ""
@@ -168,9 +176,13 @@ class Metrics:
         child = self._child
         child(self.requests, (endpoint, request_type, backend, ctx.replica or "", cache,
                               status_text)).inc()  # fmt: skip
+        for retried_backend, reason in ctx.retried:
+            child(self.retries, (retried_backend, reason)).inc()
         if not backend:
             return  # not a routed request: models, health, an early 4xx
         by = (request_type, backend, cache)
+        if ctx.fallback is not None and primary is not None:
+            child(self.fallbacks, (request_type, primary, ctx.fallback)).inc()
         child(self.duration, (*by, status_text)).observe(duration_s)
         if ctx.upstream_ms:
             child(self.upstream, by).observe(ctx.upstream_ms / 1000)

@@ -1,22 +1,16 @@
-"""Prompt-cache breakpoints: from ``cache_control`` markers to prefix keys.
+"""Prompt-cache markers: the prompt's blocks, its ``cache_control`` breakpoints, stripping.
 
 The prompt is read as a sequence of blocks, in the order a model sees them: each tool
 definition, then each message's content parts (a string content is one text part; an
 assistant's ``tool_calls`` are one more block). A ``cache_control`` breakpoint, as in
-Anthropic's API, closes a prefix at its block. Each block is serialised canonically (sorted
-keys, ``cache_control`` left out) and hashed as a chain, so a prefix key depends on every block
-up to it and on nothing after it, and moving a breakpoint never changes the content hash. The
-chain starts from a namespace (backend pool and upstream model), so pools never share entries.
+Anthropic's API, closes a prefix at its block. ``router.chain`` turns blocks into prefix keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import Any
-
-import orjson
 
 from router.errors import InvalidRequest
 
@@ -26,62 +20,109 @@ BYTES_PER_TOKEN = 4  # the usual estimate for English text and JSON; the router 
 
 
 @dataclass(frozen=True, slots=True)
-class Breakpoint:
-    """One cacheable prefix: its key, how long it lives, and about how many tokens it holds."""
+class Block:
+    """One block of the prompt, as a model sees it; hashed only when the chain needs it."""
 
-    key: str
-    ttl: int
-    tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
     payload: Any  # what is hashed
     marker: Any  # the cache_control found on it (or on its message/tool), else None
     param: str  # where that marker sits, for error messages
 
 
-def find_breakpoints(body: dict[str, Any], namespace: str) -> list[Breakpoint]:
-    """Validate the request's breakpoints and return their prefix keys, shortest first.
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """Where a request's ``cache_control`` keys are, found without building any block."""
+
+    at: dict[int, tuple[Any, str]]  # block index -> (marker, param) of each non-null marker
+    blocks: int  # how many blocks the prompt has
+    keys: int  # cache_control keys at the places the router reads (null ones included)
+    top_level: Any  # the request's own cache_control (automatic mode), if any
+
+
+def find_markers(body: dict[str, Any]) -> Markers:
+    """Walk tools and messages once, counting blocks and noting markers; linear and cheap."""
+    at: dict[int, tuple[Any, str]] = {}
+    keys = 0
+    block = 0
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if isinstance(tool, dict):
+            if "cache_control" in tool:
+                keys += 1
+                if tool["cache_control"] is not None:
+                    at[block] = (tool["cache_control"], f"tools[{i}].cache_control")
+            block += 1
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict):
+            count, found = _message_markers(i, message, block, at)
+            block += count
+            keys += found
+    top_level = body.get("cache_control")
+    if "cache_control" in body:
+        keys += 1
+    return Markers(at, block, keys, top_level)
+
+
+def _message_markers(
+    i: int, message: dict[str, Any], block: int, at: dict[int, tuple[Any, str]]
+) -> tuple[int, int]:
+    """Note message ``i``'s markers (its first block is ``block``); its block and key counts."""
+    keys = 0
+    content = message.get("content")
+    count = 1 if content is not None and not isinstance(content, list) else 0
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and "cache_control" in part:
+                keys += 1
+                if part["cache_control"] is not None:
+                    at[block + j] = (
+                        part["cache_control"],
+                        f"messages[{i}].content[{j}].cache_control",
+                    )
+        count = len(content)
+    if message.get("tool_calls") or message.get("function_call") or not count:
+        count += 1
+    if "cache_control" in message:
+        keys += 1
+        last = block + count - 1
+        # A breakpoint on the whole message closes the prefix at its last block.
+        if message["cache_control"] is not None and last not in at:
+            at[last] = (message["cache_control"], f"messages[{i}].cache_control")
+    return count, keys
+
+
+def iter_blocks(body: dict[str, Any]) -> Iterator[Block]:
+    """The request's blocks in prompt order (tools, then messages), built as they are read."""
+    return _blocks(body)
+
+
+def marked_ttls(markers: Markers) -> dict[int, int]:
+    """Block index -> TTL of each breakpoint (top-level ``cache_control`` closes the last).
 
     Raises InvalidRequest naming the ``param`` for more than four breakpoints, an unknown type
     or ttl, or a ``1h`` breakpoint after a ``5m`` one (a longer-lived prefix cannot depend on a
     shorter-lived one).
     """
-    blocks = list(_blocks(body))
-    marked = [i for i, block in enumerate(blocks) if block.marker is not None]
-    automatic = body.get("cache_control")
-    if automatic is not None and blocks:
-        marked.append(-1)
-    if not marked:
-        return []
-    if len(marked) > MAX_BREAKPOINTS:
-        extra = blocks[marked[MAX_BREAKPOINTS]].param if marked[MAX_BREAKPOINTS] >= 0 else ""
+    found = sorted(markers.at.items())
+    if markers.top_level is not None and markers.blocks:
+        found.append((markers.blocks - 1, (markers.top_level, "cache_control")))
+    if not found:
+        return {}
+    if len(found) > MAX_BREAKPOINTS:
         raise InvalidRequest(
             f"A request may have at most {MAX_BREAKPOINTS} cache_control breakpoints; "
-            f"found {len(marked)}.",
-            param=extra or "cache_control",
+            f"found {len(found)}.",
+            param=found[MAX_BREAKPOINTS][1][1],
         )
     ttls: dict[int, int] = {}
-    for index in marked:
-        marker, param = (
-            (automatic, "cache_control")
-            if index < 0
-            else (blocks[index].marker, blocks[index].param)
-        )
-        ttls[len(blocks) - 1 if index < 0 else index] = _ttl_of(marker, param)
-    _check_ttl_order(ttls, blocks)
-
-    breakpoints: list[Breakpoint] = []
-    digest = blake2b(namespace.encode(), digest_size=16).digest()
-    size = 0
-    for i, block in enumerate(blocks):
-        encoded = orjson.dumps(block.payload, option=orjson.OPT_SORT_KEYS)
-        size += len(encoded)
-        digest = blake2b(digest + encoded, digest_size=16).digest()
-        if i in ttls:
-            breakpoints.append(Breakpoint(digest.hex(), ttls[i], size // BYTES_PER_TOKEN))
-    return breakpoints
+    params: dict[int, str] = {}
+    for position, (marker, param) in found:
+        ttl = _ttl_of(marker, param)
+        # Top-level mode on a block that is also marked: one breakpoint, the shorter TTL.
+        ttls[position] = min(ttl, ttls.get(position, ttl))
+        params.setdefault(position, param)
+    _check_ttl_order(ttls, params)
+    return ttls
 
 
 def strip_cache_control(body: dict[str, Any]) -> dict[str, Any]:
@@ -112,11 +153,11 @@ def _without_marker(item: Any) -> Any:
     return item
 
 
-def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
+def _blocks(body: dict[str, Any]) -> Iterator[Block]:
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if isinstance(tool, dict):
-            yield _Block(
+            yield Block(
                 _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
             )
     messages = body.get("messages")
@@ -125,7 +166,7 @@ def _blocks(body: dict[str, Any]) -> Iterator[_Block]:
             yield from _message_blocks(i, message)
 
 
-def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
+def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[Block]:
     head = [message.get("role"), message.get("name"), message.get("tool_call_id")]
     content = message.get("content")
     parts: list[Any]
@@ -137,7 +178,7 @@ def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
         # A string is the same prompt as one text part, so both spellings share a key.
         parts = [{"type": "text", "text": content}]
     blocks = [
-        _Block(
+        Block(
             [head, _without_marker(part)],
             part.get("cache_control") if isinstance(part, dict) else None,
             f"messages[{index}].content[{j}].cache_control",
@@ -146,12 +187,12 @@ def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[_Block]:
     ]
     if message.get("tool_calls") or message.get("function_call") or not blocks:
         calls = message.get("tool_calls") or message.get("function_call")
-        blocks.append(_Block([head, calls], None, f"messages[{index}].cache_control"))
+        blocks.append(Block([head, calls], None, f"messages[{index}].cache_control"))
     if (marker := message.get("cache_control")) is not None:
         # A breakpoint on the whole message closes the prefix at its last block.
         last = blocks[-1]
         if last.marker is None:
-            blocks[-1] = _Block(last.payload, marker, f"messages[{index}].cache_control")
+            blocks[-1] = Block(last.payload, marker, f"messages[{index}].cache_control")
     yield from blocks
 
 
@@ -173,13 +214,12 @@ def _ttl_of(marker: Any, param: str) -> int:
     return TTL_SECONDS[ttl]
 
 
-def _check_ttl_order(ttls: dict[int, int], blocks: list[_Block]) -> None:
+def _check_ttl_order(ttls: dict[int, int], params: dict[int, str]) -> None:
     shortest = None
     for index in sorted(ttls):
         if shortest is not None and ttls[index] > shortest:
-            param = blocks[index].param if index < len(blocks) else "cache_control"
             raise InvalidRequest(
                 "A cache_control breakpoint with ttl '1h' must not come after one with ttl '5m'.",
-                param=f"{param}.ttl",
+                param=f"{params[index]}.ttl",
             )
         shortest = ttls[index] if shortest is None else min(shortest, ttls[index])

@@ -2,8 +2,18 @@
 
 ``send`` opens a request to one replica and returns the live response once its headers are in;
 an error status is read, and raised as ``UpstreamError`` carrying the backend's own status and
-message (never its URL or key). ``relay_sse`` frames an upstream event stream into whole events
-and rewrites the ``model`` field so the client sees the id it asked for.
+message (scrubbed of the replica's URL, host and key). ``iter_sse_events`` frames an upstream
+event stream into whole events; ``read_body`` reads a JSON answer, capped in size.
+
+What the upstream is not trusted with: redirects are not followed (a 3xx is a 502: following
+one would re-POST the whole prompt, key included, to another address); a 200 whose body is not
+a JSON object, or an event stream with lines that are not SSE fields, is a 502 rather than a
+success; a body larger than ``upstream.max_body_size`` is a 502.
+
+How an attempt failed decides whether it may be repeated elsewhere (``router/retry.py``):
+``Unreachable`` (nothing was processed: no connection, or a pooled keep-alive connection the
+server had already closed) and ``UpstreamTimeout`` from ``send`` may; ``Disconnected`` (a new
+connection dropped after the request went out: the replica may be generating) may not.
 """
 
 from __future__ import annotations
@@ -12,7 +22,9 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -22,6 +34,13 @@ from router.config import UpstreamPoolConfig
 from router.errors import UpstreamError, UpstreamTimeout
 
 _MAX_ERROR_BODY = 64 << 10
+_MAX_MESSAGE = 2000  # characters of an upstream error message passed on
+DEFAULT_MAX_BODY = 64 << 20
+# The lines an event stream may hold (https://html.spec.whatwg.org/#event-stream-interpretation).
+_SSE_FIELD_PREFIXES = (b"data:", b":", b"event:", b"id:", b"retry:")
+_SSE_BARE_FIELDS = frozenset({b"data", b"event", b"id", b"retry"})
+# Credentials an upstream may echo in an error text, whatever the replica.
+_CREDENTIALS = re.compile(r"(?i)\bbearer\s+[^\s\"']+|\bsk-[\w-]{8,}")
 _MAX_EVENT = 16 << 20  # one SSE event larger than this is a broken upstream, not an answer
 # Upstream headers a client needs to act on an error (the SDK honours Retry-After on 429).
 _ERROR_HEADERS = ("Retry-After", "retry-after-ms")
@@ -30,7 +49,43 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 class Unreachable(UpstreamError):
-    """The replica could not be connected to: safe to retry elsewhere, nothing was sent."""
+    """The replica could not be connected to: safe to retry elsewhere, nothing was sent.
+
+    ``stale`` marks a pooled keep-alive connection the server had closed while idle: the
+    replica is fine, only the connection was old.
+    """
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
+
+
+class Disconnected(UpstreamError):
+    """A fresh connection dropped after the request was sent: the replica may have started on
+    it, so it is not repeated elsewhere (that could generate, and bill, twice)."""
+
+    default_code = "upstream_disconnected"
+
+
+class MalformedStream(aiohttp.ClientPayloadError):
+    """An event stream carrying lines that are not SSE: whatever it is, it is not an answer.
+
+    A transport-level error, so every stream reader treats it as a broken stream."""
+
+
+def _trace_reuse() -> aiohttp.TraceConfig:
+    """Tells ``send`` whether its request went out on a reused connection (see Unreachable)."""
+
+    async def reused(
+        session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+    ) -> None:
+        if context.trace_request_ctx is not None:
+            context.trace_request_ctx.reused = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(reused)
+    trace.freeze()
+    return trace
 
 
 def new_session(pool: UpstreamPoolConfig) -> aiohttp.ClientSession:
@@ -47,6 +102,7 @@ def new_session(pool: UpstreamPoolConfig) -> aiohttp.ClientSession:
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+        trace_configs=[_trace_reuse()],
     )
 
 
@@ -58,28 +114,42 @@ async def send(
     headers: dict[str, str],
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to ``replica``; return the response with a success status, headers read."""
+    trace = SimpleNamespace(reused=False)
     try:
         response = await session.post(
             replica.url + path,
             data=body,
             headers={**replica.headers, **headers},
             timeout=replica.timeout,
+            allow_redirects=False,
+            trace_request_ctx=trace,
         )
-    except (
-        aiohttp.ClientConnectorError,
-        aiohttp.ConnectionTimeoutError,
-        aiohttp.ClientConnectionResetError,
-        # A pooled keep-alive connection the server had already closed: nothing was processed.
-        aiohttp.ServerDisconnectedError,
-    ) as exc:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise Unreachable(f"The {describe(replica)} is unreachable ({_reason(exc)}).") from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        # On a reused keep-alive connection this is the server having closed it while idle
+        # (nothing was processed); on a new one, the request had gone out.
+        if trace.reused:
+            raise Unreachable(
+                f"The {describe(replica)} closed an idle connection.", stale=True
+            ) from None
+        raise Disconnected(
+            f"The {describe(replica)} dropped the connection before answering ({_reason(exc)})."
+        ) from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout(f"The {describe(replica)} did not answer in time.") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"The {describe(replica)} failed: {_reason(exc)}.") from None
+    if 300 <= response.status < 400:
+        response.close()
+        raise UpstreamError(
+            f"The {describe(replica)} answered with a redirect (HTTP {response.status}), which "
+            "the router does not follow; point the replica URL at the server itself.",
+            code="upstream_redirect",
+        )
     if response.status >= 400:
         async with response:
-            raise await _status_error(response, describe(replica))
+            raise await _status_error(response, replica)
     return response
 
 
@@ -88,15 +158,55 @@ def describe(replica: Replica) -> str:
     return f"backend {replica.backend.name!r} replica {replica.id!r}"
 
 
-async def read_body(response: aiohttp.ClientResponse, where: str) -> bytes:
-    """The whole body of a non-streaming answer, with read failures mapped to 502/504."""
+async def read_body(
+    response: aiohttp.ClientResponse, where: str, limit: int = DEFAULT_MAX_BODY
+) -> bytes:
+    """The whole JSON-object body of a non-streaming answer, at most ``limit`` bytes.
+
+    Read failures map to 502/504; a body that is not a JSON object (empty, plain text, an HTML
+    page from a proxy) or is over the limit is a 502, never relayed as a success.
+    """
     try:
         async with response:
-            return await response.read()
+            if (response.content_length or 0) > limit:
+                raise _too_large(where, limit)
+            data = await _read_capped(response, limit + 1)
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout(f"The {where} stopped answering.") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"The {where} broke off its answer ({_reason(exc)}).") from None
+    if len(data) > limit:
+        raise _too_large(where, limit)
+    if not _is_json_object(data):
+        raise UpstreamError(
+            f"The {where} answered HTTP {response.status} with a body that is not a JSON object.",
+            code="upstream_bad_response",
+        )
+    return data
+
+
+def _too_large(where: str, limit: int) -> UpstreamError:
+    return UpstreamError(
+        f"The {where} answered with a body over the limit of {limit} bytes.",
+        code="upstream_body_too_large",
+    )
+
+
+def _is_json_object(data: bytes) -> bool:
+    if data.lstrip()[:1] != b"{":
+        return False
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def check_sse_event(event: bytes) -> None:
+    """Raise ``MalformedStream`` unless every line of ``event`` is an SSE field or comment."""
+    for line in event.split(b"\n"):
+        if not line.startswith(_SSE_FIELD_PREFIXES) and line not in _SSE_BARE_FIELDS:
+            raise MalformedStream("the upstream stream holds lines that are not server-sent events")
 
 
 def rewrite_model(data: bytes, model_field: bytes) -> bytes:
@@ -124,12 +234,17 @@ async def iter_sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[lis
                 raise aiohttp.ClientPayloadError("an SSE event exceeded 16 MiB")
             continue
         *events, buffer = buffer.split(b"\n\n")
-        yield [e for e in events if e]
+        events = [e.strip(b"\n") for e in events if e.strip(b"\n")]
+        for event in events:
+            check_sse_event(event)
+        yield events
     # The body ended without a blank line: pass the last event on only if it is whole (a
     # final "data: [DONE]" often is); half an event would only break the client's parser.
     tail = buffer.strip()
-    if tail and _is_whole_event(tail):
-        yield [tail]
+    if tail:
+        check_sse_event(tail)
+        if _is_whole_event(tail):
+            yield [tail]
 
 
 def _is_whole_event(event: bytes) -> bool:
@@ -143,7 +258,8 @@ def _is_whole_event(event: bytes) -> bool:
     return True
 
 
-async def _status_error(response: aiohttp.ClientResponse, where: str) -> UpstreamError:
+async def _status_error(response: aiohttp.ClientResponse, replica: Replica) -> UpstreamError:
+    where = describe(replica)
     try:
         raw = await asyncio.wait_for(_read_capped(response, _MAX_ERROR_BODY), timeout=5)
     except (TimeoutError, aiohttp.ClientError):
@@ -156,14 +272,15 @@ async def _status_error(response: aiohttp.ClientResponse, where: str) -> Upstrea
             f"The {where} refused the router's upstream credentials (HTTP {response.status}).",
             code="upstream_auth_failed",
         )
+    message = scrub(message, replica)[:_MAX_MESSAGE]
     if not message:
         message = f"The {where} answered HTTP {response.status}."
     error = UpstreamError(
         message,
         upstream_status=response.status,
-        error_type=error_type,
-        param=param,
-        code=code,
+        error_type=scrub(error_type, replica) if error_type else None,
+        param=scrub(param, replica) if param else None,
+        code=scrub(code, replica) if code else None,
     )
     error.headers = {h: response.headers[h] for h in _ERROR_HEADERS if h in response.headers}
     return error
@@ -202,6 +319,24 @@ def _parse_error(raw: bytes) -> tuple[str, str | None, str | None, str | None]:
             if isinstance(data.get(field), str):
                 return data[field], None, None, None
     return "", None, None, None
+
+
+def scrub(text: str, replica: Replica) -> str:
+    """``text`` without the replica's URL, origin, host:port, host name or upstream key, and
+    without anything shaped like a bearer token or an OpenAI-style key: an upstream error
+    message may quote them, and it is about to reach a client."""
+    secrets = [replica.url]
+    parts = urlsplit(replica.url)
+    if parts.netloc:
+        secrets += [f"{parts.scheme}://{parts.netloc}", parts.netloc]
+    if parts.hostname:
+        secrets.append(parts.hostname)
+    if replica.backend.api_key is not None:
+        secrets.append(replica.backend.api_key.get_secret_value())
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return _CREDENTIALS.sub("[redacted]", text)
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -148,10 +148,17 @@ def stop_stack(stack: Stack) -> None:
     stack.thread.stop()
 
 
+def _lenient_breakers(config: RouterConfig) -> RouterConfig:
+    # The shared stack serves many tests that inject upstream faults on purpose (sim_fault):
+    # its breakers must not carry one test's failures into the next.
+    health = config.health.model_copy(update={"failure_threshold": 1_000_000})
+    return config.model_copy(update={"health": health})
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The default stack: zero-latency simulators, two replicas per type, in-memory store."""
-    live = start_stack()
+    live = start_stack(edit=_lenient_breakers)
     yield live
     stop_stack(live)
 
@@ -268,4 +275,17 @@ def fake_upstream() -> Iterator[Fake]:
     upstream = thread.run(FakeUpstream().start())
     yield Fake(upstream, thread)
     thread.run(upstream.close())
+    thread.stop()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    """A factory of scripted fake replicas (tests/scripted.py), stopped after the test."""
+    from .scripted import Replicas
+
+    thread = LoopThread()
+    replicas = Replicas(thread)
+    yield replicas
+    for replica in replicas.made:
+        thread.run(replica.close())
     thread.stop()

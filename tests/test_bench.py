@@ -33,6 +33,7 @@ from router.bench.workloads import (
     BenchRequest,
     WorkloadSpec,
     build,
+    oracle_cached_share,
     oracle_hit_rate,
 )
 from router.config import RouterConfig
@@ -118,6 +119,27 @@ def test_multi_turn_marks_the_last_two_user_turns_and_sends_turns_in_order() -> 
     users = [i for i, m in enumerate(last) if m["role"] == "user"]
     assert marked == users[-2:]
     assert oracle_hit_rate(requests) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("kind", ["shared-prefix", "multi-turn"])
+def test_marking_styles(kind: str) -> None:
+    def marked_users(request: Any) -> list[int]:
+        users = [m for m in request.messages if m["role"] == "user"]
+        return [
+            i
+            for i, m in enumerate(users)
+            if isinstance(m["content"], list) and "cache_control" in m["content"][0]
+        ]
+
+    top = build(replace(SMALL[kind], marking="top-level"), 0)
+    assert all(r.top_level and r.body("m")["cache_control"] == CACHE_CONTROL for r in top)
+    assert "cache_control" not in orjson.dumps([r.messages for r in top]).decode()
+    for request in build(replace(SMALL[kind], marking="newest"), 0):
+        users = [m for m in request.messages if m["role"] == "user"]
+        assert marked_users(request) == [len(users) - 1]
+    none = build(replace(SMALL[kind], marking="none"), 0)
+    assert "cache_control" not in orjson.dumps([r.body("m") for r in none]).decode()
+    assert oracle_cached_share(none) > 0
 
 
 def test_random_prompts_share_nothing() -> None:
@@ -383,17 +405,21 @@ def test_compare_cli_writes_json_and_plot(
             "--compare", "--replicas", "2", "--num-groups", "2", "--prompts-per-group", "3",
             "--system-prompt-len", "64", "--question-len", "4", "--output-len", "2",
             "--sim-ttft-ms", "0", "--sim-prefill-ms-per-token", "0", "--sim-itl-ms", "0",
-            "--warmup", "1", "--no-progress", "--out-dir", str(tmp_path),
+            "--warmup", "1", "--no-progress", "--out-dir", str(tmp_path), "--routers", "2",
         ]
     )  # fmt: skip
     assert code == 0
     payload = orjson.loads((tmp_path / "ttft-compare.json").read_bytes())
-    assert list(payload["configs"]) == [s.name for s in SETUPS]
+    assert list(payload["configs"]) == [*(s.name for s in SETUPS), "affinity-x2"]
+    assert len(payload["configs"]["affinity-x2"]["base_urls"]) == 2
+    # Requests alternate between the two routers and still share one replica per group.
+    assert payload["configs"]["affinity-x2"]["replica_spread"] <= 2.0
     for summary in payload["configs"].values():
         assert summary["completed"] + summary["errors"] == summary["sent"] == 6
         assert summary["warmup_sent"] == 1
-    assert payload["configs"]["cache-blind"]["di_cache_counts"] == {"none": 6}
+    # Least loaded: the prefixes are computed but not placed by.
+    assert payload["configs"]["cache-blind"]["di_cache_counts"] == {"miss": 6}
     assert payload["configs"]["round-robin"]["replica_spread"] == 1.0
-    assert len(payload["targets"]) == 5
+    assert len(payload["targets"]) == 8
     assert (tmp_path / "ttft-compare.png").read_bytes().startswith(b"\x89PNG")
     assert "TTFT p50 (ms)" in capsys.readouterr().out

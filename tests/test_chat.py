@@ -225,7 +225,9 @@ async def test_health_ready_metrics(stack: Stack) -> None:
         async with session.get(root + "/ready") as response:
             body = await response.json()
             assert response.status == 200
-            assert set(body["backends"]) == {"sim-text", "sim-code", "sim-json", "sim-vision"}
+            assert body["pools"] == dict.fromkeys(
+                ["sim-code", "sim-json", "sim-text", "sim-vision"], True
+            )
         async with session.get(root + "/metrics") as response:
             text = await response.text()
             assert "di_requests_total" in text and "di_replica_in_flight" in text

@@ -106,3 +106,56 @@ def test_embedded_default_routes_each_type_to_its_own_simulator() -> None:
 def test_cli_overrides_fill_an_empty_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL + "\nserver:\n"), server={"port": 9999})
     assert config.server.port == 9999
+
+
+FALLBACKS = """
+backends:
+  - name: first
+    replicas:
+      - {id: a, url: "http://10.0.0.1:8000/v1"}
+      - {id: b, url: "https://10.0.0.2/v1", metrics: "http://10.0.0.2:9100/metrics"}
+  - name: second
+    metrics: off
+    replicas:
+      - {id: c, url: "http://10.0.0.3:8000/v1"}
+routes: {text: [first, second], code: first, json: [second], vision: first}
+"""
+
+
+def test_routes_take_fallback_lists_and_metrics_sources(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FALLBACKS))
+    assert config.routes.pools_for("text") == ["first", "second"]
+    assert config.routes.pools_for("code", effort="high") == ["first"]
+    assert config.routes.backend_for("json") == "second"
+    first, second = config.backends
+    assert first.metrics_url(first.replicas[0]) == "http://10.0.0.1:8000/metrics"
+    assert first.metrics_url(first.replicas[1]) == "http://10.0.0.2:9100/metrics"
+    assert second.metrics_url(second.replicas[0]) is None  # YAML's bare off
+    assert config.routing.retries == 2 and config.load.interval < 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("text: [first, first]", "lists a backend twice"),
+        ("text: [first, nope]", "'nope', which is not defined"),
+        ("text: []", "at least 1 item"),
+    ],
+)
+def test_bad_fallback_lists_are_refused(tmp_path: Path, change: str, message: str) -> None:
+    text = FALLBACKS.replace("text: [first, second]", change)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_bad_metrics_sources_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, FALLBACKS.replace("metrics: off", "metrics: sometimes")))
+    assert "auto, off, or an http" in str(caught.value)
+    shared_url = FALLBACKS.replace(
+        "  - name: first\n", "  - name: first\n    metrics: http://x/metrics\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, shared_url))
+    assert "fits one replica only" in str(caught.value)

@@ -1,4 +1,4 @@
-"""Breakpoints -> prefix keys: validation, chaining, namespacing, stripping."""
+"""Breakpoints -> prefix keys (the marked chain's records): validation, chaining, stripping."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from router.chain import Prefix, build_chain
 from router.errors import InvalidRequest
-from router.prefix import find_breakpoints, strip_cache_control
+from router.prefix import strip_cache_control
 
 EPHEMERAL = {"type": "ephemeral"}
 NS = "pool\x00model"
@@ -29,6 +30,10 @@ def chat(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def system(text: str, cc: dict[str, Any] | None = EPHEMERAL) -> dict[str, Any]:
     return {"role": "system", "content": [part(text, cc)]}
+
+
+def find_breakpoints(body: dict[str, Any], namespace: str) -> list[Prefix]:
+    return build_chain(body, namespace, automatic=False).records
 
 
 def test_no_markers_no_keys() -> None:

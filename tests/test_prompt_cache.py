@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from router.config import RouterConfig
 from router.keys import STORE
+from router.redis_store import RedisPrefixStore
 from router.sim import SimSettings
-from router.store import RedisPrefixStore
 
 from .conftest import Fake, RedisServer, Stack, with_replicas
 
@@ -240,18 +240,27 @@ def test_one_redis_round_trip_per_request(make_stack: Any, redis_server: RedisSe
     live.run(flush(live))
     calls = live.run(command_calls(redis_server.url))
     assert calls.pop("evalsha") == 5  # one script call per request with breakpoints
-    # What remains ran inside the script (GET, EXPIRE) or is the admin's own connection;
+    # What remains ran inside the script (SMEMBERS, EXPIRE) or is the admin's own connection;
     # hits refresh TTLs in the script, so no record writes either.
-    assert set(calls) <= {"get", "expire", "hello", "info", "config|resetstat", "client|setinfo"}
+    assert set(calls) <= {
+        "smembers",
+        "expire",
+        "hello",
+        "info",
+        "config|resetstat",
+        "client|setinfo",
+    }
 
 
-def test_redis_outage_bypasses_then_recovers(make_stack: Any, redis_server: RedisServer) -> None:
+def test_redis_outage_keeps_affinity_then_recovers(
+    make_stack: Any, redis_server: RedisServer
+) -> None:
     live = redis_stack(make_stack, redis_server)
     client = live.client()
 
-    def cache_header(question: str) -> str:
+    def cache_header(question: str, salt: str = "outage") -> str:
         raw = client.chat.completions.with_raw_response.create(
-            model="m", messages=cached_messages(question, salt="outage")
+            model="m", messages=cached_messages(question, salt=salt)
         )
         assert raw.parse().choices[0].message.content
         return str(raw.headers["X-DI-Cache"])
@@ -259,11 +268,15 @@ def test_redis_outage_bypasses_then_recovers(make_stack: Any, redis_server: Redi
     assert cache_header("a") == "miss"
     assert cache_header("b") == "hit"
     redis_server.stop()
-    assert [cache_header(f"down {i}") for i in range(5)] == ["bypass"] * 5
+    # The process's own index keeps what it placed; nothing fails.
+    assert [cache_header(f"down {i}") for i in range(5)] == ["hit"] * 5
+    # A new prefix is placed without the shared index (bypass), then known locally.
+    assert cache_header("new", salt="during") == "bypass"
+    assert cache_header("again", salt="during") == "hit"
     redis_server.start()
     outcomes = []
     for i in range(100):  # bounded: the store retries Redis after its short rest
-        outcomes.append(cache_header(f"back {i}"))
+        outcomes.append(cache_header(f"back {i}", salt="after"))
         if outcomes[-1] == "hit":
             break
     assert outcomes[-1] == "hit"

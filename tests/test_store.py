@@ -1,4 +1,4 @@
-"""The prefix-store contract, run against memory, fakeredis and a real redis-server."""
+"""The prefix-index contract (holder sets), run against memory, fakeredis and redis-server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from router.prefix import Breakpoint
-from router.store import MemoryPrefixStore, PrefixStore, RedisPrefixStore, StoreUnavailable
+from router.chain import Prefix
+from router.redis_store import RedisPrefixStore
+from router.store import MemoryPrefixStore, PrefixStore
 
 from .conftest import RedisServer
 
@@ -35,8 +36,8 @@ class Subject:
     expire: Callable[[str], Any]  # make a prefix key expire now
 
 
-def bp(key: str, tokens: int = 100, ttl: int = 300) -> Breakpoint:
-    return Breakpoint(key, ttl, tokens)
+def bp(key: str, tokens: int = 100, ttl: int = 300) -> Prefix:
+    return Prefix(key, ttl, tokens)
 
 
 @pytest.fixture(params=["memory", "fakeredis", "redis"])
@@ -77,72 +78,130 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     await admin.aclose()
 
 
+async def found(store: PrefixStore, *prefixes: Prefix) -> tuple[int, tuple[str, ...]] | None:
+    result = await store.lookup(prefixes)
+    assert not result.degraded
+    if result.found is None:
+        return None
+    return result.found.index, tuple(sorted(result.found.holders))
+
+
 async def test_miss_on_an_empty_index(subject: Subject) -> None:
-    assert await subject.store.lookup([bp("a")]) is None
+    assert await found(subject.store, bp("a")) is None
 
 
 async def test_recorded_prefix_is_found_by_another_router(subject: Subject) -> None:
-    subject.store.record([bp("a", 120)], "replica-1")
+    subject.store.record([bp("a", 120)], "replica-1", first=True)
     await subject.store.flush()
-    hit = await subject.other.lookup([bp("a")])
-    assert hit is not None
-    assert (hit.index, hit.replica, hit.tokens) == (0, "replica-1", 120)
+    assert await found(subject.other, bp("a")) == (0, ("replica-1",))
 
 
-async def test_longest_cached_prefix_wins(subject: Subject) -> None:
-    subject.store.record([bp("a", 100), bp("b", 200)], "r1")
-    subject.store.record([bp("x", 50)], "r2")
+async def test_longest_known_prefix_wins(subject: Subject) -> None:
+    subject.store.record([bp("a", 100), bp("b", 200)], "r1", first=True)
+    subject.store.record([bp("x", 50)], "r2", first=True)
     await subject.store.flush()
-    hit = await subject.other.lookup([bp("a"), bp("b"), bp("c")])
-    assert hit is not None
-    assert (hit.index, hit.replica, hit.tokens) == (1, "r1", 200)
+    assert await found(subject.other, bp("a"), bp("b"), bp("c")) == (1, ("r1",))
+
+
+async def test_first_placement_wins_and_holders_can_be_added(subject: Subject) -> None:
+    subject.store.record([bp("a")], "r1", first=True)
+    await subject.store.flush()
+    subject.other.record([bp("a"), bp("b")], "r2", first=True)  # a: already placed
+    await subject.other.flush()
+    assert await found(subject.store, bp("a")) == (0, ("r1",))
+    assert await found(subject.store, bp("b")) == (0, ("r2",))
+    subject.other.record([bp("a")], "r3", first=False)  # a hot prefix spills onto r3
+    await subject.other.flush()
+    assert await found(subject.store, bp("a")) == (0, ("r1", "r3"))
+
+
+async def test_forget_removes_one_holder(subject: Subject) -> None:
+    subject.store.record([bp("a"), bp("b")], "r1", first=True)
+    subject.store.record([bp("a")], "r2", first=False)
+    await subject.store.flush()
+    subject.other.forget([bp("a"), bp("b")], "r1")
+    await subject.other.flush()
+    assert await found(subject.other, bp("a"), bp("b")) == (0, ("r2",))
+    subject.other.forget([bp("a")], "r2")
+    await subject.other.flush()
+    assert await found(subject.other, bp("a"), bp("b")) is None
 
 
 async def test_ttl_is_set_and_refreshed_on_hit(subject: Subject) -> None:
-    subject.store.record([bp("a", ttl=300), bp("b", ttl=300)], "r1")
+    subject.store.record([bp("a", ttl=300), bp("b", ttl=300)], "r1", first=True)
     assert 290 <= await subject.ttl("a") <= 300
-    subject.store.record([bp("b", ttl=5)], "r1")
-    assert await subject.ttl("b") <= 5
     await subject.other.lookup([bp("a", ttl=300), bp("b", ttl=3600)])
     assert await subject.ttl("b") > 3000
     assert await subject.ttl("a") > 290
 
 
 async def test_expired_entries_miss(subject: Subject) -> None:
-    subject.store.record([bp("a")], "r1")
+    subject.store.record([bp("a")], "r1", first=True)
     await subject.expire("a")
-    assert await subject.other.lookup([bp("a")]) is None
+    assert await found(subject.other, bp("a")) is None
 
 
 def test_memory_store_is_bounded_lru() -> None:
     store = MemoryPrefixStore(3)
     for key in "abc":
-        store.record([bp(key)], "r")
+        store.record([bp(key)], "r", first=True)
     assert store.get([bp("a")]) is not None  # a is now the most recently used
-    store.record([bp("d")], "r")
+    store.record([bp("d")], "r", first=True)
     assert len(store) == 3
     assert store.get([bp("b")]) is None
     assert store.get([bp("a")]) is not None
 
 
-async def test_redis_store_fails_fast_then_recovers(redis_server: RedisServer) -> None:
+async def test_redis_faults_count_to_a_threshold_and_the_local_index_answers(
+    redis_server: RedisServer,
+) -> None:
     clock = Clock()
     store = RedisPrefixStore(
-        Redis.from_url(redis_server.url), timeout=0.2, retry_after=1.0, clock=clock
+        Redis.from_url(redis_server.url, socket_timeout=0.5, socket_connect_timeout=0.5),
+        timeout=0.5,
+        retry_after=1.0,
+        failure_threshold=2,
+        clock=clock,
     )
     try:
-        assert await store.lookup([bp("a")]) is None
+        store.record([bp("a")], "r1", first=True)
+        await store.flush()
         redis_server.stop()
-        with pytest.raises(StoreUnavailable):
-            await store.lookup([bp("a")])
-        # Marked down: the next lookup does not even try.
-        with pytest.raises(StoreUnavailable, match="marked down"):
-            await store.lookup([bp("a")])
+        first = await store.lookup([bp("a")])
+        assert first.degraded and first.found is not None and first.found.holders == ("r1",)
+        assert not store.down  # one fault is not an outage
+        await store.lookup([bp("a")])
+        assert store.down  # two in a row are
         redis_server.start()
         clock.now += 2
-        store.record([bp("a")], "r1")
+        store.record([bp("b")], "r2", first=True)
         await store.flush()
-        assert (await store.lookup([bp("a")])) is not None
+        back = await store.lookup([bp("b")])
+        assert not back.degraded and back.found is not None
+        assert not store.down
+    finally:
+        await store.aclose()
+
+
+async def test_an_abandoned_lookup_does_not_drop_its_connection(
+    redis_server: RedisServer,
+) -> None:
+    """A client that leaves mid-lookup cancels the wait, not the Redis command."""
+    store = RedisPrefixStore(Redis.from_url(redis_server.url, max_connections=1), timeout=5)
+    try:
+        await store.lookup([bp("warm")])
+        pool = store.redis.connection_pool
+        connection = next(iter(pool._available_connections))
+        waiting = asyncio.ensure_future(store.lookup([bp("a")]))
+        await asyncio.sleep(0)  # let the lookup send its command
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await store.flush()
+        # The command finished in its own task; the same connection is back, still open.
+        assert list(pool._available_connections) == [connection]
+        assert connection.is_connected
+        assert (await store.lookup([bp("a")])).degraded is False
     finally:
         await store.aclose()
 
@@ -154,14 +213,13 @@ async def test_redis_store_with_password(tmp_path: Any) -> None:
     server.start()
     try:
         store = RedisPrefixStore.from_url(server.url)
-        store.record([bp("a")], "r1")
+        store.record([bp("a")], "r1", first=True)
         await store.flush()
         other = RedisPrefixStore.from_url(server.url)
-        assert (await other.lookup([bp("a")])) is not None
+        assert await found(other, bp("a")) == (0, ("r1",))
         assert await other.ping()
         wrong = RedisPrefixStore.from_url(server.url.replace("s3cret", "wrong"))
-        with pytest.raises(StoreUnavailable):
-            await wrong.lookup([bp("a")])
+        assert (await wrong.lookup([bp("a")])).degraded
         for s in (store, other, wrong):
             await s.aclose()
     finally:
@@ -170,12 +228,14 @@ async def test_redis_store_with_password(tmp_path: Any) -> None:
 
 async def test_concurrent_records_stay_consistent() -> None:
     server = fakeredis.FakeServer()
-    store = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server))
+    store = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
     for i in range(50):
-        store.record([bp(f"k{i}")], f"r{i % 3}")
+        store.record([bp(f"k{i}")], f"r{i % 3}", first=True)
     await store.flush()
-    other = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server))
+    other = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
     hits = await asyncio.gather(*(other.lookup([bp(f"k{i}")]) for i in range(50)))
-    assert [h.replica if h else None for h in hits] == [f"r{i % 3}" for i in range(50)]
+    assert [h.found.holders if h.found else None for h in hits] == [
+        (f"r{i % 3}",) for i in range(50)
+    ]
     await store.aclose()
     await other.aclose()

@@ -26,17 +26,17 @@ import orjson
 from router.bench.client import ClientSettings
 from router.bench.compare import (
     BASELINE,
-    SETUPS,
     CompareSettings,
     check_targets,
     compare_payload,
     run_compare,
+    setups,
 )
 from router.bench.fleet import FleetError
 from router.bench.load import LoadPlan
 from router.bench.report import format_comparison, format_summary, write_json, write_plot
 from router.bench.runner import RunSettings, run_benchmark
-from router.bench.workloads import KINDS, WorkloadSpec, build
+from router.bench.workloads import KINDS, MARKINGS, WorkloadSpec, build
 from router.sim import SimSettings
 
 T = TypeVar("T")
@@ -109,6 +109,13 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--input-len", type=_positive, default=1024, help="random: tokens")
     work.add_argument("--num-requests", type=_positive, help="random: count; others: a cap")
     work.add_argument("--no-cache-control", action="store_true", help="send no breakpoints")
+    work.add_argument(
+        "--marking",
+        choices=MARKINGS,
+        default="default",
+        help="where requests carry cache_control: the workload's own places (shared-prefix: "
+        "system prompt; multi-turn: last two user turns), top-level, newest user message, none",
+    )
 
     load = p.add_argument_group("load")
     load.add_argument(
@@ -129,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
 
     sim = p.add_argument_group("compare mode's fleet (sim flags as in `di-router sim`)")
     sim.add_argument("--replicas", type=_positive, default=4)
+    sim.add_argument(
+        "--routers",
+        type=_positive,
+        default=1,
+        help="also run affinity on N routers sharing a Redis the benchmark starts",
+    )
     defaults = SimSettings()
     sim.add_argument("--sim-ttft-ms", type=float, default=defaults.ttft_ms)
     sim.add_argument(
@@ -190,6 +203,7 @@ def _spec(args: argparse.Namespace) -> WorkloadSpec:
         input_len=args.input_len,
         num_requests=args.num_requests,
         cache_control=not args.no_cache_control,
+        marking=args.marking,
     )
 
 
@@ -285,11 +299,15 @@ async def _compare(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         routing=args.routing,
         out_dir=args.out_dir,
+        routers=args.routers,
     )
-    print(f"compare: {', '.join(s.description for s in SETUPS)}", file=sys.stderr)
+    print(f"compare: {', '.join(s.description for s in setups(args.routers))}", file=sys.stderr)
     summaries = await run_compare(compare)
     targets = check_targets(summaries)
-    print(f"{spec.kind}, {settings.load.describe()}, {args.replicas} replicas, seed {args.seed}")
+    print(
+        f"{spec.kind} (marking: {spec.style}), {settings.load.describe()}, "
+        f"{args.replicas} replicas, {args.sim_cache_blocks} KV blocks each, seed {args.seed}"
+    )
     print(format_comparison(summaries, BASELINE))
     print()
     for target in targets:
@@ -298,6 +316,7 @@ async def _compare(args: argparse.Namespace) -> int:
         **_meta(args, spec),
         "sim": asdict(sim),
         "replicas": args.replicas,
+        "routers": args.routers,
         "routing": args.routing,
     }
     json_path = args.output_json or args.out_dir / "ttft-compare.json"

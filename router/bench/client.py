@@ -78,6 +78,7 @@ class RequestResult:
 @dataclass(frozen=True, kw_only=True)
 class ClientSettings:
     base_url: str  # ending in /v1
+    base_urls: tuple[str, ...] = ()  # several routers: request i goes to base_urls[i % n]
     model: str
     api_key: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +100,8 @@ class ChatClient:
     def __init__(self, settings: ClientSettings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self._session = session
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        bases = settings.base_urls or (settings.base_url,)
+        self._urls = [base.rstrip("/") + "/chat/completions" for base in bases]
         self._headers = {"Content-Type": "application/json"}
         if settings.api_key:
             self._headers["Authorization"] = f"Bearer {settings.api_key}"
@@ -113,7 +115,10 @@ class ChatClient:
         result.start = time.perf_counter()
         try:
             async with self._session.post(
-                self._url, data=payload, headers=self._headers, timeout=self._timeout
+                self._urls[result.index % len(self._urls)],
+                data=payload,
+                headers=self._headers,
+                timeout=self._timeout,
             ) as response:
                 result.headers_at = time.perf_counter()
                 result.status = response.status

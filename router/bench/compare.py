@@ -1,14 +1,16 @@
-"""Compare mode: one workload and seed through the router under three routing setups.
+"""Compare mode: one workload and seed through the router under several routing setups.
 
-(a) `affinity`: prefix-affinity routing, requests carry `cache_control` breakpoints;
-(b) `cache-blind`: the same router and requests without breakpoints, which the router can only
-    balance by load (least in flight);
-(c) `round-robin`: the router restarted with `policy: round_robin`, requests as in (a).
+(a) `affinity`: prefix-affinity routing (the router's default), the workload as built;
+(b) `cache-blind`: the router restarted with `policy: least_loaded` (least in flight only);
+(c) `round-robin`: the router restarted with `policy: round_robin`;
+(d) with `--routers N`: `affinity-xN`, N affinity routers sharing a Redis started for them,
+    the requests spread over them in turn.
 
-Each setup gets a freshly started router and freshly reset replicas, so every one starts cold:
+Each setup gets freshly started routers and freshly reset replicas, so every one starts cold:
 an empty prefix index, empty KV caches, idle prefill queues. The targets are checked against
 (a): its TTFT p50 at least 5x lower than (b)'s and (c)'s, its hit rate at least 95% of the
-oracle's, its replica spread at most 1.3.
+oracle's, its cached-token share at least 90% of the oracle's, its replica spread at most 1.3;
+and (d) within 1.2x of (a) on TTFT p90 and cached-token share.
 """
 
 from __future__ import annotations
@@ -26,23 +28,33 @@ from router.sim import SimSettings
 
 TTFT_RATIO_TARGET = 5.0
 HIT_RATE_TARGET = 0.95  # of the oracle's
+CACHED_SHARE_TARGET = 0.9  # of the oracle's
 SPREAD_TARGET = 1.3
+ROUTERS_TARGET = 1.2  # N routers against one: p90 and cached share within this factor
 
 
 @dataclass(frozen=True, slots=True)
 class Setup:
     name: str
     policy: str
-    cache_control: bool
     description: str
+    routers: int = 1
 
 
 SETUPS = (
-    Setup("affinity", "prefix_affinity", True, "(a) prefix affinity, with breakpoints"),
-    Setup("cache-blind", "prefix_affinity", False, "(b) no breakpoints: least-loaded"),
-    Setup("round-robin", "round_robin", True, "(c) round robin, with breakpoints"),
+    Setup("affinity", "prefix_affinity", "(a) prefix affinity"),
+    Setup("cache-blind", "least_loaded", "(b) least loaded: cache-blind"),
+    Setup("round-robin", "round_robin", "(c) round robin"),
 )
 BASELINE = SETUPS[0].name
+
+
+def setups(routers: int = 1) -> tuple[Setup, ...]:
+    """The setups of a run; with ``routers`` > 1, the affinity setup again on that many."""
+    if routers <= 1:
+        return SETUPS
+    name = f"affinity-x{routers}"
+    return (*SETUPS, Setup(name, "prefix_affinity", f"(d) {routers} affinity routers", routers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,22 +79,28 @@ class CompareSettings:
     replicas: int
     routing: dict[str, Any] = field(default_factory=dict)  # overrides for every setup
     out_dir: Path
+    routers: int = 1
 
 
 async def run_compare(settings: CompareSettings) -> dict[str, Summary]:
     """Run every setup; the summaries by setup name, each with the replicas' own stats."""
     summaries: dict[str, Summary] = {}
+    spec = settings.spec
+    requests = build(spec, settings.seed)
+    # Other prefixes than the measured ones: warm the processes, not the caches.
+    warmup = build(spec, f"warmup-{settings.seed}")[: settings.warmup]
     async with running_fleet(settings.sim, settings.replicas, settings.out_dir) as fleet:
-        for setup in SETUPS:
-            spec = replace(settings.spec, cache_control=setup.cache_control)
-            requests = build(spec, settings.seed)
-            # Other prefixes than the measured ones: warm the processes, not the caches.
-            warmup = build(spec, f"warmup-{settings.seed}")[: settings.warmup]
+        for setup in setups(settings.routers):
             await fleet.reset_sims()
-            base_url = await fleet.start_router(setup.policy, settings.routing)
+            urls = await fleet.start_routers(setup.policy, settings.routing, setup.routers)
             try:
-                client = replace(settings.run.client, base_url=base_url)
-                run = replace(settings.run, client=client, replicas=settings.replicas)
+                client = replace(settings.run.client, base_url=urls[0], base_urls=tuple(urls))
+                run = replace(
+                    settings.run,
+                    client=client,
+                    replicas=settings.replicas,
+                    block_size=settings.sim.block_size,
+                )
                 summary = await run_benchmark(setup.name, requests, run, warmup=warmup)
                 summary["setup"] = setup.description
                 summary["policy"] = setup.policy
@@ -118,6 +136,15 @@ def check_targets(summaries: Mapping[str, Summary]) -> list[Target]:
                 share is not None and share >= HIT_RATE_TARGET,
             )
         )
+    share = ratio(base["cached_token_share"], base["oracle_cached_share"])
+    targets.append(
+        Target(
+            f"{BASELINE} cached_token_share / oracle_cached_share",
+            share,
+            f">= {CACHED_SHARE_TARGET:g}",
+            share is not None and share >= CACHED_SHARE_TARGET,
+        )
+    )
     spread = base["replica_spread"]
     targets.append(
         Target(
@@ -127,7 +154,27 @@ def check_targets(summaries: Mapping[str, Summary]) -> list[Target]:
             spread is not None and spread <= SPREAD_TARGET,
         )
     )
+    for name, summary in summaries.items():
+        if name.startswith(f"{BASELINE}-x"):
+            targets += _routers_targets(name, summary, base)
     return targets
+
+
+def _routers_targets(name: str, summary: Summary, base: Summary) -> list[Target]:
+    p90 = ratio(summary["p90_ttft_ms"], base["p90_ttft_ms"])
+    share = ratio(base["cached_token_share"], summary["cached_token_share"])
+    goal = f"<= {ROUTERS_TARGET:g}"
+    return [
+        Target(
+            f"TTFT p90 {name} / {BASELINE}", p90, goal, p90 is not None and p90 <= ROUTERS_TARGET
+        ),
+        Target(
+            f"cached share {BASELINE} / {name}",
+            share,
+            goal,
+            share is not None and share <= ROUTERS_TARGET,
+        ),
+    ]
 
 
 def compare_payload(

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -129,15 +131,28 @@ def _checkout() -> str:
 
 
 def router_config(
-    replicas: list[tuple[str, str]], policy: str, routing: dict[str, Any] | None = None
+    replicas: list[tuple[str, str]],
+    policy: str,
+    routing: dict[str, Any] | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """One pool of all replicas serving every request type, on a free loopback port."""
-    return {
+    config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "backends": [{"name": POOL, "replicas": [{"id": i, "url": u} for i, u in replicas]}],
         "routes": dict.fromkeys(REQUEST_TYPES, POOL),
         "routing": {**(routing or {}), "policy": policy},
     }
+    if redis_url is not None:
+        config["cache"] = {"redis_url": redis_url}
+    return config
+
+
+def _free_port() -> int:
+    # redis-server cannot take port 0 (it means "no TCP"): pick one, release it, pass it on.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:
@@ -152,34 +167,70 @@ class Fleet:
         self.sims = sims
         self.replicas = replicas  # (id, base URL)
         self.out_dir = out_dir
-        self.router: Child | None = None
+        self.routers: list[Child] = []
+        self.redis: Child | None = None
+        self.redis_url = ""
         self.base_url = ""
         # Control requests only (/sim/reset, /sim/stats), one at a time.
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=4, limit_per_host=1), timeout=HTTP_TIMEOUT
         )
 
+    @property
+    def router(self) -> Child | None:
+        return self.routers[0] if self.routers else None
+
     async def start_router(self, policy: str, routing: dict[str, Any] | None = None) -> str:
-        """(Re)start the router with `policy`: a fresh prefix index and balancer."""
+        """(Re)start one router with `policy`: a fresh prefix index and balancer."""
+        return (await self.start_routers(policy, routing, 1))[0]
+
+    async def start_routers(
+        self, policy: str, routing: dict[str, Any] | None = None, count: int = 1
+    ) -> list[str]:
+        """(Re)start `count` routers; more than one share a Redis started (empty) for them."""
         await self.stop_router()
+        redis_url = await self._start_redis() if count > 1 else None
         config = self.out_dir / f"router-{policy}.yaml"
-        _write_config(config, router_config(self.replicas, policy, routing))
+        _write_config(config, router_config(self.replicas, policy, routing, redis_url))
         argv = [sys.executable, "-m", "router", "serve", "--config", str(config)]
         argv += ["--log-level", "warning"]
-        self.router, lines = await start_child(
-            f"router ({policy})",
+        urls = []
+        for number in range(count):
+            name = f"router-{policy}" + (f"-{number}" if count > 1 else "")
+            child, lines = await start_child(
+                f"router ({policy})",
+                argv,
+                self.out_dir / f"{name}.log",
+                lambda seen: any(_BASE_URL.search(line) for line in seen),
+            )
+            self.routers.append(child)
+            found = next(m for line in lines if (m := _BASE_URL.search(line)))
+            urls.append(found.group(1))
+        self.base_url = urls[0]
+        return urls
+
+    async def _start_redis(self) -> str:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FleetError("--routers needs redis-server on PATH")
+        port = _free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.out_dir)]
+        self.redis, _ = await start_child(
+            "redis-server",
             argv,
-            self.out_dir / f"router-{policy}.log",
-            lambda seen: any(_BASE_URL.search(line) for line in seen),
+            self.out_dir / "redis.log",
+            lambda seen: any("Ready to accept connections" in line for line in seen),
         )
-        found = next(m for line in lines if (m := _BASE_URL.search(line)))
-        self.base_url = found.group(1)
-        return self.base_url
+        return f"redis://127.0.0.1:{port}/0"
 
     async def stop_router(self) -> None:
-        router, self.router = self.router, None
-        if router is not None:
-            await router.stop()
+        routers, self.routers = self.routers, []
+        for child in routers:
+            await child.stop()
+        redis, self.redis = self.redis, None
+        if redis is not None:
+            await redis.stop()
 
     async def reset_sims(self) -> None:
         """Empty every replica's cache and counters, so the next run starts cold."""

@@ -96,6 +96,7 @@ COMPARE_ROWS = (
     Row("requests with cached tokens", "usage_hit_rate", _share, False),
     Row("X-DI-Cache hit rate", "di_cache_hit_rate", _share, False),
     Row("oracle hit rate", "oracle_hit_rate", _share, False),
+    Row("oracle cached share", "oracle_cached_share", _share, False),
     Row("replica spread (max/mean)", "replica_spread", _plain, False),
     Row("duration (s)", "duration", _plain, False),
 )

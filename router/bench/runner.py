@@ -14,7 +14,7 @@ from router.bench.client import ChatClient, ClientSettings, new_session
 from router.bench.load import LoadPlan, run_load
 from router.bench.metrics import summarize
 from router.bench.progress import Progress
-from router.bench.workloads import BenchRequest, oracle_hit_rate
+from router.bench.workloads import BenchRequest, oracle_cached_share, oracle_hit_rate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +23,7 @@ class RunSettings:
     load: LoadPlan
     progress: bool = True
     replicas: int | None = None  # the pool's size, so idle replicas count in the spread
+    block_size: int = 16  # the replicas' KV block size, for the oracle's cached share
 
 
 async def run_benchmark(
@@ -61,6 +62,7 @@ async def run_benchmark(
         0 if warmed is None else sum(r.sent and not r.ok for r in warmed.results)
     )
     summary |= summarize(run, oracle_hit_rate=oracle_hit_rate(requests), replicas=settings.replicas)
+    summary["oracle_cached_share"] = oracle_cached_share(requests, settings.block_size)
     return summary
 
 
@@ -71,6 +73,7 @@ def _meta(label: str, settings: RunSettings) -> dict[str, Any]:
         "label": label,
         "backend": "openai-chat",
         "base_url": settings.client.base_url,
+        "base_urls": list(settings.client.base_urls),
         "model_id": settings.client.model,
         "load": load.describe(),
         # vLLM writes "inf" for an unbounded rate; JSON has no infinity.

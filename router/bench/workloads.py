@@ -18,6 +18,11 @@ from typing import Any, Literal
 
 WorkloadKind = Literal["shared-prefix", "multi-turn", "random"]
 KINDS: tuple[WorkloadKind, ...] = ("shared-prefix", "multi-turn", "random")
+# Where requests carry cache_control: the workload's own places (shared-prefix: the system
+# prompt; multi-turn: the last two user turns), the request's top level (Anthropic's automatic
+# mode), the newest user message only (Anthropic's recipe for conversations), or nowhere.
+Marking = Literal["default", "top-level", "newest", "none"]
+MARKINGS: tuple[Marking, ...] = ("default", "top-level", "newest", "none")
 
 WORDS = (
     "able", "acid", "aged", "also", "area", "army", "away", "baby", "back", "ball", "band",
@@ -43,6 +48,7 @@ class BenchRequest:
     output_len: int
     prefix: str | None  # the reusable prefix this request shares with others; None: none
     label: str  # where it comes from, e.g. "group 3"
+    top_level: bool = False  # carries a top-level cache_control
 
     def body(self, model: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The streamed Chat Completions body, asking for usage and exactly `output_len`
@@ -53,6 +59,7 @@ class BenchRequest:
             "max_completion_tokens": self.output_len,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **({"cache_control": CACHE_CONTROL} if self.top_level else {}),
             **(extra or {}),
         }
 
@@ -71,7 +78,12 @@ class WorkloadSpec:
     turns: int = 6
     input_len: int = 1024
     num_requests: int | None = None  # cap (shared-prefix, multi-turn) or count (random)
-    cache_control: bool = True
+    cache_control: bool = True  # False is marking "none"
+    marking: Marking = "default"
+
+    @property
+    def style(self) -> Marking:
+        return self.marking if self.cache_control else "none"
 
 
 def build(spec: WorkloadSpec, seed: int | str) -> list[BenchRequest]:
@@ -100,6 +112,22 @@ def oracle_hit_rate(requests: Sequence[BenchRequest]) -> float:
     return hits / len(requests)
 
 
+def oracle_cached_share(requests: Sequence[BenchRequest], block_size: int = 16) -> float:
+    """The share of prompt tokens a single replica with an unbounded prefix cache would serve
+    from cache, in send order (in the simulator's tokens): the most any router could reach."""
+    # The simulator's own tokenizer and cache model, so the figure matches what it reports.
+    from router.sim.kvcache import PrefixCache
+    from router.sim.tokenizer import chat_prompt
+
+    cache = PrefixCache(block_size=block_size, capacity=1 << 62)
+    cached = total = 0
+    for request in requests:
+        tokens = chat_prompt(request.messages, None, image_count=0).tokens
+        total += len(tokens)
+        cached += cache.admit(tokens)
+    return cached / total if total else 0.0
+
+
 def text(rng: random.Random, tokens: int) -> str:
     """`tokens` words separated by spaces."""
     return " ".join(rng.choice(WORDS) for _ in range(tokens))
@@ -122,16 +150,26 @@ def _shared_prefix(spec: WorkloadSpec, seed: int | str) -> list[BenchRequest]:
     generated-shared-prefix dataset; the groups are interleaved in a seeded random order,
     as tenants' requests would be."""
     requests = []
+    style = spec.style
     for group in range(spec.num_groups):
         system = text(_rng(seed, "system", group), spec.system_prompt_len)
         for number in range(spec.prompts_per_group):
             question = text(_rng(seed, "question", group, number), spec.question_len)
             messages: list[dict[str, Any]] = [
-                {"role": "system", "content": _part(system, spec.cache_control)},
-                {"role": "user", "content": question},
+                {"role": "system", "content": _part(system, style == "default")},
+                {
+                    "role": "user",
+                    "content": _part(question, True) if style == "newest" else question,
+                },
             ]
             requests.append(
-                BenchRequest(messages, spec.output_len, f"group-{group}", f"group {group}")
+                BenchRequest(
+                    messages,
+                    spec.output_len,
+                    f"group-{group}",
+                    f"group {group}",
+                    top_level=style == "top-level",
+                )
             )
     _rng(seed, "order").shuffle(requests)
     return requests
@@ -146,6 +184,7 @@ def _multi_turn(spec: WorkloadSpec, seed: int | str) -> list[BenchRequest]:
     k + 1 of any, the conversations in a seeded random order within each turn.
     """
     turns: list[list[BenchRequest]] = [[] for _ in range(spec.turns)]
+    style = spec.style
     for number in range(spec.num_conversations):
         history: list[dict[str, Any]] = []
         if spec.system_prompt_len:
@@ -156,14 +195,22 @@ def _multi_turn(spec: WorkloadSpec, seed: int | str) -> list[BenchRequest]:
             questions.append(text(_rng(seed, "user", number, turn), spec.question_len))
             messages: list[dict[str, Any]] = [*history]
             for asked, question in enumerate(questions):
-                marked = spec.cache_control and asked >= turn - 1
+                marked = (style == "default" and asked >= turn - 1) or (
+                    style == "newest" and asked == turn
+                )
                 messages.append({"role": "user", "content": _part(question, marked)})
                 if asked < turn:
                     answer = text(_rng(seed, "assistant", number, asked), spec.output_len)
                     messages.append({"role": "assistant", "content": answer})
             label = f"conversation {number} turn {turn}"
             turns[turn].append(
-                BenchRequest(messages, spec.output_len, f"conversation-{number}", label)
+                BenchRequest(
+                    messages,
+                    spec.output_len,
+                    f"conversation-{number}",
+                    label,
+                    top_level=style == "top-level",
+                )
             )
     order = _rng(seed, "order")
     requests: list[BenchRequest] = []

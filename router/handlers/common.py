@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -15,7 +15,15 @@ from router.context import RequestContext
 from router.dispatch import Routed
 from router.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from router.keys import CONFIG, CONTEXT
-from router.upstream import describe, iter_sse_events, model_field, read_body, rewrite_model
+from router.placement import cached_tokens_in
+from router.upstream import (
+    MalformedStream,
+    describe,
+    iter_sse_events,
+    model_field,
+    read_body,
+    rewrite_model,
+)
 from router.usage import usage_from_bytes
 
 log = logging.getLogger(__name__)
@@ -69,7 +77,8 @@ async def relay_json(
     routed: Routed, ctx: RequestContext, client_model: str
 ) -> tuple[web.Response, bytes]:
     """The upstream's JSON answer with the client's model id; also returns the bytes sent."""
-    data = await read_body(routed.response, where(routed))
+    data = await read_body(routed.response, where(routed), routed.body_limit)
+    routed.cached_tokens = cached_tokens_in(data)
     data = rewrite_model(data, model_field(client_model))
     ctx.usage = usage_from_bytes(data)
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
@@ -113,23 +122,21 @@ async def relay_sse(
     OpenAI-shaped error event and ``[DONE]``, so the client sees a failure rather than a
     silently short answer. A client that goes away ends the relay; the caller's context closes
     the upstream connection. ``on_event`` sees each data event (to keep a copy of the answer).
+
+    The client's headers wait for the upstream's first events: an answer that is not an event
+    stream at all (another content type, lines that are not SSE) is then still a plain 502.
     """
+    upstream = iter_sse_events(routed.response)
+    first = await _first_events(routed, upstream)
     response = await open_stream(request, ctx)
     field = model_field(client_model)
-    done = failed = False
-    last = b""  # the last data event before the end: where include_usage puts usage
+    seen = _Seen(ends)
     try:
-        async for events in iter_sse_events(routed.response):
+        async for events in _chain(first, upstream):
             out = []
             for event in events:
-                if ends(event):
-                    done = True
-                    if not event.startswith((b"data: [DONE]", b"data:[DONE]")):
-                        last = event  # a terminal typed event carries the usage itself
-                elif event.startswith((b'data: {"error"', b'data:{"error"')):
-                    failed = True
-                else:
-                    last = event
+                if (cached := seen.event(event)) is not None:
+                    routed.cached_tokens = cached
                 if on_event is not None:
                     on_event(event)
                 out.append(rewrite_model(event, field))
@@ -137,18 +144,82 @@ async def relay_sse(
                 return response
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
-        message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
-        await write_error_tail(response, ctx, message, "upstream_error")
+        routed.broken = True
+        if isinstance(exc, MalformedStream):
+            message, code = f"The {where(routed)}: {exc}.", "upstream_bad_response"
+        else:
+            message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+            code = "upstream_error"
+        await write_error_tail(response, ctx, message, code)
         return response
-    ctx.usage = usage_from_bytes(last) if last else None
-    if not done:
-        if failed:
+    ctx.usage = usage_from_bytes(seen.last) if seen.last else None
+    if not seen.done:
+        routed.broken = True
+        if seen.failed:
             ctx.error = "the backend reported an error mid-stream"
             await write_error_tail(response, ctx, None, None)
         else:
             message = f"The {where(routed)} ended the stream early."
             await write_error_tail(response, ctx, message, "upstream_error")
     return response
+
+
+class _Seen:
+    """What the relay learns from the events it passes: the end, an error, the last event."""
+
+    __slots__ = ("done", "ends", "failed", "last")
+
+    def __init__(self, ends: Callable[[bytes], bool]) -> None:
+        self.ends = ends
+        self.done = self.failed = False
+        self.last = b""  # the last data event: where include_usage (or a terminal event) puts usage
+
+    def event(self, event: bytes) -> int | None:
+        """Note ``event``; return the cached-token count it reports, if any."""
+        if self.ends(event):
+            self.done = True
+            if not event.startswith((b"data: [DONE]", b"data:[DONE]")):
+                self.last = event  # a terminal typed event carries the usage itself
+        elif event.startswith((b'data: {"error"', b'data:{"error"')):
+            self.failed = True
+        else:
+            self.last = event
+            return cached_tokens_in(event)
+        return None
+
+
+async def _first_events(routed: Routed, upstream: AsyncIterator[list[bytes]]) -> list[bytes]:
+    """The stream's first batch of events, or a 502 if what came is not an event stream."""
+    media = routed.response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media != "text/event-stream":
+        routed.response.close()
+        raise UpstreamError(
+            f"The {where(routed)} answered a streaming request with {media or 'no'!r} content "
+            "instead of an event stream.",
+            code="upstream_bad_response",
+        )
+    try:
+        first = await anext(upstream, None)
+    except MalformedStream as exc:
+        raise UpstreamError(f"The {where(routed)}: {exc}.", code="upstream_bad_response") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(
+            f"The {where(routed)} broke off the stream ({type(exc).__name__})."
+        ) from None
+    if first is None:
+        raise UpstreamError(
+            f"The {where(routed)} ended the stream before any event.",
+            code="upstream_bad_response",
+        )
+    return first
+
+
+async def _chain(
+    first: list[bytes], rest: AsyncIterator[list[bytes]]
+) -> AsyncIterator[list[bytes]]:
+    yield first
+    async for events in rest:
+        yield events
 
 
 async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestContext) -> bool:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from importlib.resources import files
 
 import orjson
 from aiohttp import web
 
-from router.dashboard import dashboard_data
-from router.keys import BALANCER, METRICS, RECENT_ERRORS
+from router.dashboard import dashboard_data, refresh_gauges
+from router.keys import BALANCER, METRICS, RECENT_ERRORS, STORE
 
 
 @cache
@@ -34,11 +35,9 @@ async def page(request: web.Request) -> web.Response:
 async def data(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[METRICS]
-    # This process's in-flight counts are current; the other workers' were set at their last
-    # request's end.
-    for pool in app[BALANCER].pools.values():
-        for replica in pool.replicas:
-            metrics.replica_in_flight(pool.backend.name, replica.id, replica.in_flight)
+    # This process's figures are current; the other workers' were set at their last request's
+    # end or scrape.
+    refresh_gauges(metrics, app[BALANCER], app[STORE], time.monotonic())
     figures = dashboard_data(metrics.scrape_registry(), app[BALANCER], app[RECENT_ERRORS])
     return web.Response(
         body=orjson.dumps(figures),

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.balancer import Replica
+from router.dashboard import refresh_gauges
 from router.errors import NotFound
-from router.keys import BALANCER, CONFIG, METRICS, SESSION
+from router.keys import BALANCER, CONFIG, METRICS, SESSION, STORE
+from router.watch import readiness, snapshot
 
 _STARTED = int(time.time())
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 def _models(request: web.Request) -> list[dict[str, object]]:
@@ -47,34 +45,30 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when every routed backend has at least one replica answering ``GET /models``."""
-    config = request.app[CONFIG]
-    pools = request.app[BALANCER].pools
-    routed = {config.routes.backend_for(t) for t in ("text", "code", "json", "vision")}
-    replicas = [r for name in sorted(routed) for r in pools[name].replicas]
-    answers = await asyncio.gather(*(_probe(request.app, r) for r in replicas))
-    backends: dict[str, dict[str, bool]] = {}
-    for replica, ok in zip(replicas, answers, strict=True):
-        backends.setdefault(replica.backend.name, {})[replica.id] = ok
-    is_ready = all(any(states.values()) for states in backends.values())
+    """200 when this router can serve: config loaded, upstream session open, and at least one
+    routed pool healthy per the background checker (router/watch.py). Nothing is probed per
+    call, and a dead pool degrades only the types it serves (``types`` shows which pool each
+    type would use now; null for a type nothing can serve)."""
+    session = request.app.get(SESSION)
+    state = readiness(request.app[CONFIG], request.app[BALANCER], time.monotonic())
+    is_ready = session is not None and not session.closed and state["ready"]
     return web.json_response(
-        {"status": "ready" if is_ready else "unavailable", "backends": backends},
+        {
+            "status": "ready" if is_ready else "unavailable",
+            "pools": state["pools"],
+            "types": state["types"],
+        },
         status=200 if is_ready else 503,
     )
 
 
-async def _probe(app: web.Application, replica: Replica) -> bool:
-    try:
-        async with app[SESSION].get(
-            replica.url + "/models", headers=replica.headers, timeout=_PROBE_TIMEOUT
-        ) as response:
-            return response.status < 500
-    except (aiohttp.ClientError, TimeoutError):
-        return False
+async def health_backends(request: web.Request) -> web.Response:
+    """Every replica's breaker state, load and scraped figures (ids only, never URLs)."""
+    return web.json_response(snapshot(request.app[BALANCER], time.monotonic()))
 
 
 async def metrics(request: web.Request) -> web.Response:
-    pools = request.app[BALANCER].pools
-    in_flight = [(p.backend.name, r.id, r.in_flight) for p in pools.values() for r in p.replicas]
-    body = request.app[METRICS].render(in_flight)
+    app = request.app
+    refresh_gauges(app[METRICS], app[BALANCER], app[STORE], time.monotonic())
+    body = app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

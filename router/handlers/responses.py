@@ -116,7 +116,7 @@ async def _via_chat_backend(
             ctx.usage = usage_from_dict(events.response.get("usage"))
             await _save(objects, ctx, body, chat, events.response)
             return reply
-        data = await read_body(routed.response, where(routed))
+        data = await read_body(routed.response, where(routed), routed.body_limit)
         try:
             result = chat_to_response(
                 orjson.loads(data), request=body, response_id=response_id, created_at=created_at
@@ -227,8 +227,8 @@ def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
         if isinstance(items, list):
             out["input"] = out["messages"]
         del out["messages"]
-    if backend.prompt_cache_key and plan.breakpoints and "prompt_cache_key" not in body:
-        out = {**out, "prompt_cache_key": plan.breakpoints[-1].key}
+    if backend.prompt_cache_key and plan.prompt_cache_key and "prompt_cache_key" not in body:
+        out = {**out, "prompt_cache_key": plan.prompt_cache_key}
     return orjson.dumps(out)
 
 
@@ -243,6 +243,7 @@ async def _stream_events(
         closing = await _relay_events(reply, routed, ctx, events)
     except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
         # A broken transport, or chunks that are not the chat stream they claim to be.
+        routed.broken = True
         message = f"The {where(routed)} broke off the stream ({type(exc).__name__})."
         log.warning("request %s: %s", ctx.request_id, message)
         closing = events.fail(message)

@@ -15,6 +15,7 @@ from aiohttp import web
 from router.sim.engine import SIM_ENGINE, Admission, SimEngine, sleep_until
 from router.sim.errors import SimError, error_middleware
 from router.sim.generate import Choice, chat_choices, completion_choices
+from router.sim.metrics import render_metrics
 from router.sim.request import ChatRequest, CompletionRequest, SimFault, parse, read_body
 from router.sim.settings import SimSettings
 from router.sim.stream import StreamPlan, chat_steps, stream, text_steps
@@ -54,7 +55,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         prompt = chat_prompt(chat.messages, chat.tools, image_count=engine.settings.image_tokens)
         choices = chat_choices(chat, prompt, engine.settings)
         await _apply_fault(chat.sim_fault)
-        admission = engine.admit([prompt])
+        admission = engine.admit([prompt], tracked)
         meta = Meta.new("chatcmpl", chat.model)
         if chat.stream:
             usage = (
@@ -81,7 +82,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             )
         ]
         await _apply_fault(legacy.sim_fault)
-        admission = engine.admit(prompts)
+        admission = engine.admit(prompts, tracked)
         meta = Meta.new("cmpl", legacy.model)
         if legacy.stream:
             usage = (
@@ -120,6 +121,12 @@ async def reset(request: web.Request) -> web.Response:
     return _json(engine.snapshot())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """The replica's state in vLLM's Prometheus names, as a router's scraper reads them."""
+    body, content_type = render_metrics(request.app[SIM_ENGINE])
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def _tag_replica(request: web.Request, response: web.StreamResponse) -> None:
     """Name the replica on every response, so router tests can see where a request went."""
     response.headers[REPLICA_HEADER] = request.app[SIM_ENGINE].replica_id
@@ -134,6 +141,7 @@ def create_sim_app(settings: SimSettings, *, replica_id: str = "sim-0") -> web.A
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/sim/stats", stats)
     app.router.add_post("/sim/reset", reset)
     return app

@@ -44,11 +44,23 @@ class SimStats:
     cached_tokens: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Tracked:
     """How the request being tracked ended; handlers set it when no exception says so."""
 
     outcome: Outcome = Outcome.COMPLETED
+    # Set on admission: when its prefill starts (loop time) and the KV blocks it occupies.
+    prefill_start: float | None = None
+    blocks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """What a replica is doing right now, in the terms vLLM's /metrics reports."""
+
+    running: int  # admitted and scheduled: prefilling or decoding
+    waiting: int  # queued behind other prefills
+    blocks_in_use: int  # KV blocks held by requests in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +82,9 @@ class SimEngine:
         self.stats = SimStats()
         self.created = int(time.time())  # the model's creation time in /v1/models
         self._busy_until = 0.0
+        self._live: set[Tracked] = set()
 
-    def admit(self, prompts: Sequence[Prompt]) -> Admission:
+    def admit(self, prompts: Sequence[Prompt], tracked: Tracked | None = None) -> Admission:
         """Run the prompts through the prefix cache and queue their prefill."""
         prompt_tokens = cached_tokens = 0
         for prompt in prompts:
@@ -83,6 +96,10 @@ class SimEngine:
         prefill_s = (prompt_tokens - cached_tokens) * self.settings.prefill_ms_per_token / 1000
         start = max(now, self._busy_until)
         self._busy_until = start + prefill_s
+        if tracked is not None:
+            tracked.prefill_start = start
+            block = self.settings.block_size
+            tracked.blocks = sum(-(-len(p.tokens) // block) for p in prompts)
         first_token_at = self._busy_until + self.settings.ttft_ms / 1000
         return Admission(prompt_tokens, cached_tokens, first_token_at)
 
@@ -96,6 +113,7 @@ class SimEngine:
         self.stats.requests += 1
         self.stats.in_flight += 1
         tracked = Tracked()
+        self._live.add(tracked)
         try:
             yield tracked
         except asyncio.CancelledError:
@@ -105,9 +123,21 @@ class SimEngine:
             tracked.outcome = Outcome.FAILED
             raise
         finally:
+            self._live.discard(tracked)
             self.stats.in_flight -= 1
             name = tracked.outcome.value
             setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def occupancy(self) -> Occupancy:
+        """Requests queued for prefill count as waiting, all others in flight as running; the
+        KV blocks in use are those of the requests in flight (as vLLM counts them: cached
+        blocks no request holds are free to evict), capped at the cache's capacity."""
+        now = asyncio.get_running_loop().time()
+        waiting = sum(
+            1 for t in self._live if t.prefill_start is not None and t.prefill_start > now
+        )
+        blocks = min(sum(t.blocks for t in self._live), self.settings.cache_blocks)
+        return Occupancy(len(self._live) - waiting, waiting, blocks)
 
     def snapshot(self) -> dict[str, Any]:
         return {

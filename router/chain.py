@@ -1,0 +1,149 @@
+"""The prefix chain: which prompt prefixes a request may find cached, and which it leaves.
+
+Blocks (``router.prefix``) are serialised canonically (sorted keys, ``cache_control`` left
+out) and hashed as a chain from a namespace (backend pool and upstream model), so a prefix key
+depends on every block up to it and on nothing after it, and pools never share entries.
+Hashing is incremental and stops at the last boundary the request needs: a 140 KB
+conversation whose system prompt alone is marked hashes its system prompt and nothing else.
+
+Two kinds of request:
+
+* **Marked** (``cache_control`` anywhere): each breakpoint is a prefix the request leaves in
+  the cache (``records``). It may find one left by an earlier request at the breakpoint or at
+  any of the ``LOOKBACK_BLOCKS`` block boundaries before it, as Anthropic's API checks about
+  20 blocks back; so turn 2 of a conversation finds turn 1's prefix whether the client marks
+  the system prompt, the newest user message, or the request's top level.
+* **Unmarked**, with automatic prefixes on: as vLLM and SGLang cache every prompt, the
+  router indexes the message boundaries (5-minute TTL, at least ``min_tokens`` estimated
+  tokens). A request records its whole prompt (what the next turn of its conversation will
+  extend) and its first eligible boundary (a system prompt its neighbours share), and looks
+  up its last ``LOOKBACK_BLOCKS`` eligible boundaries and the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from itertools import islice
+from typing import Any
+
+import orjson
+
+from router.prefix import BYTES_PER_TOKEN, Markers, find_markers, iter_blocks, marked_ttls
+
+LOOKBACK_BLOCKS = 20
+AUTOMATIC_TTL = 300
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """One prompt prefix: its key, its TTL, and about how many tokens it holds."""
+
+    key: str
+    ttl: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixChain:
+    """A request's prefixes: what to look up (shortest first) and what a dispatch records."""
+
+    lookups: list[Prefix] = field(default_factory=list)
+    records: list[Prefix] = field(default_factory=list)  # shortest first, a subset of lookups
+    marked: bool = False  # the body carries cache_control (strip it before forwarding)
+    automatic: bool = False  # the prefixes are automatic message-boundary ones
+
+    @property
+    def placement_key(self) -> str | None:
+        """What a new prefix is placed by: the shortest recorded prefix, the one most
+        requests share (a group's system prompt), so they all land on the same replica."""
+        return self.records[0].key if self.records else None
+
+
+NO_PREFIX = PrefixChain()
+
+
+def build_chain(
+    body: dict[str, Any],
+    namespace: str,
+    *,
+    min_tokens: int = 0,
+    automatic: bool = True,
+    automatic_min_tokens: int = 1024,
+    markers: Markers | None = None,
+) -> PrefixChain:
+    """The request's chain; raises InvalidRequest for bad breakpoints (see ``marked_ttls``).
+
+    ``min_tokens`` (the backend's) applies to every prefix; automatic ones also need
+    ``automatic_min_tokens``, as OpenAI caches prompts of 1,024 tokens and more. ``markers``
+    is ``find_markers(body)`` when the caller has it already.
+    """
+    found = find_markers(body) if markers is None else markers
+    ttls = marked_ttls(found)
+    if ttls:
+        return _marked(body, ttls, namespace, min_tokens)
+    if not automatic:
+        return NO_PREFIX
+    return _automatic(body, namespace, max(min_tokens, automatic_min_tokens))
+
+
+def _marked(
+    body: dict[str, Any], ttls: dict[int, int], namespace: str, minimum: int
+) -> PrefixChain:
+    wanted: dict[int, int] = {}
+    for index, ttl in sorted(ttls.items()):
+        for position in range(max(0, index - LOOKBACK_BLOCKS), index + 1):
+            # A lookback boundary shares the TTL of the breakpoint it serves.
+            wanted[position] = max(wanted.get(position, 0), ttl)
+    by_position = _hash_blocks(body, namespace, wanted)
+    lookups = [by_position[i] for i in sorted(by_position) if by_position[i].tokens >= minimum]
+    records = [
+        Prefix(by_position[i].key, ttl, by_position[i].tokens)
+        for i, ttl in sorted(ttls.items())
+        if by_position[i].tokens >= minimum
+    ]
+    return PrefixChain(lookups, records, marked=True)
+
+
+def _hash_blocks(body: dict[str, Any], namespace: str, wanted: dict[int, int]) -> dict[int, Prefix]:
+    """Chain-hash blocks up to the last wanted position (and not one further)."""
+    last = max(wanted)
+    digest = blake2b(namespace.encode(), digest_size=16).digest()
+    size = 0
+    out: dict[int, Prefix] = {}
+    for i, block in enumerate(islice(iter_blocks(body), last + 1)):
+        encoded = orjson.dumps(block.payload, option=_SORTED)
+        size += len(encoded)
+        digest = blake2b(digest + encoded, digest_size=16).digest()
+        if i in wanted:
+            out[i] = Prefix(digest.hex(), wanted[i], size // BYTES_PER_TOKEN)
+    return out
+
+
+def _automatic(body: dict[str, Any], namespace: str, minimum: int) -> PrefixChain:
+    """Prefixes at message boundaries: one running hash over the messages as sent (the same
+    client sends its history the same way every turn), read at each boundary."""
+    running = blake2b(namespace.encode(), digest_size=16)
+    size = 0
+    tools = body.get("tools")
+    if tools:
+        encoded = orjson.dumps(tools)
+        running.update(encoded)
+        size += len(encoded)
+    lookups: list[Prefix] = []
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    # Boundaries worth a key: the first eligible one and the last LOOKBACK_BLOCKS messages.
+    tail = len(messages) - LOOKBACK_BLOCKS
+    for i, message in enumerate(messages):
+        encoded = orjson.dumps(message)
+        running.update(b"\x1e" + encoded)
+        size += len(encoded)
+        tokens = size // BYTES_PER_TOKEN
+        if tokens >= minimum and (i >= tail or not lookups):
+            lookups.append(Prefix(running.copy().hexdigest(), AUTOMATIC_TTL, tokens))
+    if not lookups:
+        return PrefixChain(automatic=True)
+    records = [lookups[0]] if len(lookups) == 1 else [lookups[0], lookups[-1]]
+    return PrefixChain(lookups, records, automatic=True)

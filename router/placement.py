@@ -1,0 +1,172 @@
+"""Placement: where a request's prefixes are, where it goes, and what its answer teaches.
+
+``place`` looks the request's prefix chain up in the index (one round trip) and has the
+picker rank the pool. ``dispatched`` records the prefixes for the replica a request is sent
+to, before the answer, so a burst of first requests converges. ``report`` is fed once per
+attempt with what happened, and trusts only that:
+
+* a fault (refused connection, timeout, 5xx, a stream that broke) removes the replica from
+  the holders of the request's prefixes at once;
+* a hit whose ``usage.prompt_tokens_details.cached_tokens`` is far below the matched prefix
+  (under ``DEMOTE_SHARE`` of its estimated tokens) means the replica evicted it: it is
+  removed from the holders of the prefixes it lost, so the next request places them afresh.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from dataclasses import dataclass
+
+from router.balancer import Pool, Replica
+from router.chain import Prefix, PrefixChain
+from router.picker import Picker, Ranking
+from router.store import Found, PrefixStore
+
+log = logging.getLogger(__name__)
+
+# Estimated tokens (4 bytes each) overshoot real ones for prose by up to ~1.5x; a replica
+# that still held the prefix reports well above a quarter of the estimate.
+DEMOTE_SHARE = 0.25
+_CACHED_TOKENS = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
+
+
+def cached_tokens_in(data: bytes) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` of a JSON answer or a usage chunk.
+
+    A bytes search rather than a parse: the relay passes the answer through unparsed, and the
+    key only ever appears in ``prompt_tokens_details`` of OpenAI-shaped usage.
+    """
+    if b'"cached_tokens"' not in data:
+        return None
+    found = _CACHED_TOKENS.search(data)
+    return int(found.group(1)) if found else None
+
+
+class Outcome(enum.Enum):
+    """What one attempt on one replica came to."""
+
+    OK = "ok"
+    REFUSED = "refused"  # no connection: nothing was sent
+    TIMEOUT = "timeout"
+    ERROR = "error"  # a 5xx answer
+    BROKEN = "broken"  # the answer broke off after its headers
+    BUSY = "busy"  # 429: alive, but turning work away
+    REJECTED = "rejected"  # another 4xx: the request's fault, not the replica's
+    ABANDONED = "abandoned"  # the client went away first: says nothing about the replica
+
+    @property
+    def replica_fault(self) -> bool:
+        return self in _REPLICA_FAULTS
+
+
+_REPLICA_FAULTS = frozenset({Outcome.REFUSED, Outcome.TIMEOUT, Outcome.ERROR, Outcome.BROKEN})
+
+
+@dataclass(slots=True)
+class Placement:
+    """One request's placement: its chain, what the index knew, the ranked candidates."""
+
+    chain: PrefixChain
+    found: Found | None
+    ranking: Ranking
+    degraded: bool  # the shared index did not answer
+
+    @property
+    def matched(self) -> Prefix | None:
+        return None if self.found is None else self.chain.lookups[self.found.index]
+
+    def cache(self, replica: Replica) -> str:
+        """``X-DI-Cache`` for sending to ``replica``."""
+        if not self.chain.lookups:
+            return "none"
+        if replica.id in self.ranking.holders:
+            return "hit"
+        return "bypass" if self.degraded else "miss"
+
+    def prefix_tokens(self, replica: Replica) -> int:
+        """Estimated tokens of the prefix ``replica`` is known to hold (0 on a miss)."""
+        matched = self.matched
+        return matched.tokens if matched and replica.id in self.ranking.holders else 0
+
+
+class Placer:
+    def __init__(self, store: PrefixStore, picker: Picker, *, affinity: bool = True) -> None:
+        self._store = store
+        self._picker = picker
+        self._affinity = affinity  # the policy uses the index (prefix_affinity)
+
+    async def place(self, pool: Pool, chain: PrefixChain) -> Placement:
+        if not chain.lookups or not self._affinity:
+            return Placement(chain, None, self._picker.rank(pool), degraded=False)
+        result = await self._store.lookup(chain.lookups)
+        found = result.found
+        ranking = self._picker.rank(
+            pool, holders=found.holders if found else (), key=chain.placement_key
+        )
+        return Placement(chain, found, ranking, result.degraded)
+
+    def dispatched(self, placement: Placement, replica: Replica) -> None:
+        """Record the request's prefixes for ``replica`` as it is sent."""
+        chain = placement.chain
+        if not chain.records or not self._affinity:
+            return
+        found = placement.found
+        known = found is not None and replica.id in placement.ranking.holders
+        matched = placement.matched
+        longest = matched.tokens if found is not None and matched is not None else -1
+        # Prefixes no longer than the match were refreshed by the lookup (if held there).
+        beyond = [p for p in chain.records if p.tokens > longest] if known else []
+        if known:
+            if beyond:
+                self._store.record(beyond, replica.id, first=True)
+            return
+        if found is None or matched is None:
+            # A new prefix: the first placement wins if another router placed it meanwhile.
+            self._store.record(chain.records, replica.id, first=True)
+            return
+        # The holders were overloaded or out of use: this replica joins them.
+        within = [p for p in chain.records if p.tokens <= longest and p.key != matched.key]
+        self._store.record([*within, matched], replica.id, first=False)
+        later = [p for p in chain.records if p.tokens > longest]
+        if later:
+            self._store.record(later, replica.id, first=True)
+
+    def report(
+        self,
+        placement: Placement,
+        replica: Replica,
+        outcome: Outcome,
+        cached_tokens: int | None = None,
+    ) -> None:
+        """What one attempt came to; see the module docstring."""
+        chain = placement.chain
+        if not chain.lookups or not self._affinity:
+            return
+        matched = placement.matched
+        if outcome.replica_fault:
+            held = {p.key: p for p in chain.records}
+            if matched is not None:
+                held[matched.key] = matched
+            self._store.forget(list(held.values()), replica.id)
+            return
+        if (
+            outcome is Outcome.OK
+            and cached_tokens is not None
+            and matched is not None
+            and replica.id in placement.ranking.holders
+            and cached_tokens < matched.tokens * DEMOTE_SHARE
+        ):
+            lost = [
+                p
+                for p in chain.lookups[: placement.found.index + 1]  # type: ignore[union-attr]
+                if cached_tokens < p.tokens * DEMOTE_SHARE
+            ]
+            log.info(
+                "replica %s reported %d cached tokens for a ~%d-token prefix: demoted",
+                replica.id,
+                cached_tokens,
+                matched.tokens,
+            )
+            self._store.forget(lost, replica.id)

@@ -1,0 +1,246 @@
+"""The prefix index in Redis, shared by every router process; Redis as an accelerator.
+
+Keys are built by ``RedisPrefixStore.key`` alone: ``<key_prefix>px:<prefix hash>``, a set of
+replica ids, always with the prefix's TTL. A lookup is one Lua script (longest prefix first,
+TTLs refreshed), so the request waits one round trip; records (a script with ``SET NX``
+semantics when ``first``) and forgets are written off the request's path.
+
+Redis is an accelerator, not a dependency:
+
+* every record also lands in an in-process index at once, so a burst converges inside a
+  process before the write reaches Redis, and what this process placed or saw survives an
+  outage (with rendezvous placement of new prefixes, which needs no shared state);
+* a slow or failed command counts as a fault; only ``failure_threshold`` faults in a row
+  mark Redis down, for ``retry_after`` seconds, and one success clears the count;
+* each command runs in its own task, awaited through ``asyncio.shield``: a client that goes
+  away, or the lookup deadline, abandons the wait, never the command, so its connection goes
+  back to the pool whole instead of being dropped halfway through a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router.chain import Prefix
+from router.store import Found, Lookup, MemoryPrefixStore, PrefixStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
+_LOOKUP_LUA = """
+for i = #KEYS, 1, -1 do
+  local holders = redis.call('SMEMBERS', KEYS[i])
+  if #holders > 0 then
+    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j]) end
+    return {i, holders}
+  end
+end
+return false
+"""
+# ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
+# placement wins); ARGV[3..]: each key's TTL.
+_RECORD_LUA = """
+for i = 1, #KEYS do
+  if ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('SADD', KEYS[i], ARGV[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+  end
+end
+return #KEYS
+"""
+_FAULTS = (RedisError, OSError, TimeoutError)
+_WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
+
+
+class RedisPrefixStore(PrefixStore):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        key_prefix: str = "di:",
+        timeout: float = 0.05,
+        retry_after: float = 1.0,
+        failure_threshold: int = 3,
+        local_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis
+        self._key_prefix = key_prefix
+        self._timeout = timeout
+        self._retry_after = retry_after
+        self._threshold = max(1, failure_threshold)
+        self._clock = clock
+        self.local = MemoryPrefixStore(local_entries, clock=clock)
+        self._lookup_script = redis.register_script(_LOOKUP_LUA)
+        self._record_script = redis.register_script(_RECORD_LUA)
+        self._failures = 0
+        self._down_until = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, max_connections: int = 1024, **kwargs: Any) -> RedisPrefixStore:
+        """A store on its own client; ``max_connections`` should match the upstream pool, so a
+        burst of requests never finds the Redis pool exhausted before the upstream one."""
+        timeout = kwargs.get("timeout", 0.05)
+        client = Redis.from_url(
+            url,
+            socket_timeout=max(timeout * 4, 0.5),
+            socket_connect_timeout=max(timeout * 4, 0.5),
+            max_connections=max_connections,
+            # No CLIENT SETINFO on connect: a new connection costs two round trips less.
+            driver_info=None,
+        )
+        return cls(client, **kwargs)
+
+    def key(self, prefix_key: str) -> str:
+        return f"{self._key_prefix}px:{prefix_key}"
+
+    @property
+    def down(self) -> bool:
+        return self._clock() < self._down_until
+
+    async def lookup(self, prefixes: Sequence[Prefix]) -> Lookup:
+        if self.down:
+            return Lookup(self.local.get(prefixes), degraded=True)
+        keys = [self.key(p.key) for p in prefixes]
+        ttls = [p.ttl for p in prefixes]
+        task = self._track(
+            asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=ttls))
+        )
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(task), self._timeout)
+        except _FAULTS as exc:
+            self._fault(exc)
+            if not task.done():
+                # Too late for this request, not for the next ones: learn from the answer.
+                task.add_done_callback(lambda done: self._learn(done, prefixes))
+            return Lookup(self.local.get(prefixes), degraded=True)
+        self._failures = 0
+        remote = _found(answer)
+        # When Redis answers it is the truth (another router may have removed a failed
+        # holder), except for what this process recorded so recently that its write may still
+        # be on its way; read after the answer, so records made meanwhile count too.
+        pending = self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
+        if pending is not None and (remote is None or pending.index > remote.index):
+            # Put it (back) in Redis: the write may have been lost with a restart, and if
+            # it is merely late, first-placement-wins makes the repeat harmless.
+            for holder in pending.holders:
+                self._write(self._record_call([prefixes[pending.index]], holder, first=True))
+            return Lookup(pending)
+        if remote is not None:
+            self.local.replace(prefixes[remote.index], remote.holders)
+        return Lookup(remote)
+
+    def _learn(self, task: asyncio.Task[Any], prefixes: Sequence[Prefix]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if (remote := _found(task.result())) is not None:
+            self.local.replace(prefixes[remote.index], remote.holders)
+
+    def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
+        self.local.record(prefixes, replica, first=first)
+        if prefixes and not self.down:
+            self._write(self._record_call(prefixes, replica, first=first))
+
+    def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
+        self.local.forget(prefixes, replica)
+        if prefixes and not self.down:
+            keys = [self.key(p.key) for p in prefixes]
+
+            async def remove() -> None:
+                pipe = self.redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.srem(key, replica)
+                await pipe.execute()
+
+            self._write(remove)
+
+    def _record_call(
+        self, prefixes: Sequence[Prefix], replica: str, *, first: bool
+    ) -> Callable[[], Awaitable[Any]]:
+        keys = [self.key(p.key) for p in prefixes]
+        args: list[Any] = [replica, "1" if first else "0", *(p.ttl for p in prefixes)]
+        return lambda: self._record_script(keys=keys, args=args)
+
+    def _write(self, call: Callable[[], Awaitable[Any]]) -> None:
+        async def write() -> None:
+            try:
+                await self._shielded(call, self._timeout * 4)
+            except _FAULTS as exc:
+                self._fault(exc)
+            else:
+                self._failures = 0
+
+        self._track(asyncio.get_running_loop().create_task(write()))
+
+    async def _shielded(self, call: Callable[[], Awaitable[T]], wait: float) -> T:
+        """Run ``call`` in its own task; stop waiting after ``wait`` seconds, never cancel it."""
+
+        async def run() -> T:
+            return await call()
+
+        task = self._track(asyncio.get_running_loop().create_task(run()))
+        return await asyncio.wait_for(asyncio.shield(task), wait)
+
+    def _track(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
+        self._tasks.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned command's fault was counted already
+
+    def _fault(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._failures < self._threshold:
+            return
+        if not self.down:
+            log.warning(
+                "redis prefix store: %d faults in a row (%s); local index only for %.1fs",
+                self._failures,
+                type(exc).__name__,
+                self._retry_after,
+            )
+        self._down_until = self._clock() + self._retry_after
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._shielded(self.redis.ping, self._timeout * 4))
+        except _FAULTS:
+            return False
+
+    async def prepare(self, connections: int = 16) -> None:
+        """Load the scripts so the first request pays one round trip, not two, and open some
+        connections, so the first burst does not pay for handshakes inside its deadline."""
+        try:
+            async with asyncio.timeout(max(self._timeout * 20, 1.0)):
+                await self.redis.script_load(_LOOKUP_LUA)
+                await self.redis.script_load(_RECORD_LUA)
+                await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
+        except _FAULTS as exc:
+            log.warning("redis not reachable at start-up (%s); local index only", exc)
+
+    async def flush(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+
+    async def aclose(self) -> None:
+        await self.flush()
+        await self.redis.aclose()
+
+
+def _found(answer: Any) -> Found | None:
+    """The lookup script's answer: false, or {1-based index, holders}."""
+    if not answer:
+        return None
+    return Found(int(answer[0]) - 1, tuple(bytes(h).decode() for h in answer[1]))

@@ -1,0 +1,93 @@
+"""The prefix chain: lookback over block boundaries, automatic prefixes, hashing that stops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.chain import LOOKBACK_BLOCKS, build_chain
+
+NS = "pool\x00model"
+EPHEMERAL = {"type": "ephemeral"}
+LONG = " ".join(["lorem"] * 1200)  # ~1,800 estimated tokens
+
+
+def text(value: str, marked: bool = False) -> list[dict[str, Any]]:
+    part: dict[str, Any] = {"type": "text", "text": value}
+    if marked:
+        part["cache_control"] = EPHEMERAL
+    return [part]
+
+
+def conversation(turns: int, style: str) -> dict[str, Any]:
+    """A chat of ``turns`` user turns, marked in one of the three styles (or not at all)."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": text(LONG, marked=style == "system")}
+    ]
+    for turn in range(turns):
+        newest = turn == turns - 1
+        messages.append(
+            {"role": "user", "content": text(f"question {turn}", style == "newest" and newest)}
+        )
+        if not newest:
+            messages.append({"role": "assistant", "content": f"answer {turn}"})
+    body: dict[str, Any] = {"model": "m", "messages": messages}
+    if style == "top-level":
+        body["cache_control"] = EPHEMERAL
+    return body
+
+
+@pytest.mark.parametrize("style", ["top-level", "newest", "none"])
+def test_the_next_turn_looks_up_what_the_previous_turn_recorded(style: str) -> None:
+    for turns in range(1, 5):
+        before = build_chain(conversation(turns, style), NS)
+        after = build_chain(conversation(turns + 1, style), NS)
+        looked_up = {p.key for p in after.lookups}
+        # The previous turn's whole prompt is a prefix of this one, found by lookback.
+        assert before.records[-1].key in looked_up
+        assert after.records[-1].tokens > before.records[-1].tokens
+
+
+def test_a_marked_system_prompt_is_the_same_prefix_every_turn() -> None:
+    keys = {build_chain(conversation(turns, "system"), NS).records[-1].key for turns in (1, 4)}
+    assert len(keys) == 1
+
+
+def test_hashing_stops_at_the_last_boundary_needed() -> None:
+    body = conversation(3, "system")
+    # Anything after the breakpoint is never serialised: this would not be.
+    body["messages"].append({"role": "user", "content": [{"type": "text", "text": {1, 2}}]})
+    chain = build_chain(body, NS)
+    assert len(chain.records) == 1 and chain.marked
+
+
+def test_lookback_reaches_twenty_blocks_before_a_breakpoint() -> None:
+    parts: list[dict[str, Any]] = [
+        {"type": "text", "text": f"part {i} " + "x" * 40} for i in range(30)
+    ]
+    parts[29]["cache_control"] = EPHEMERAL
+    chain = build_chain({"model": "m", "messages": [{"role": "user", "content": parts}]}, NS)
+    assert len(chain.lookups) == LOOKBACK_BLOCKS + 1
+    assert [p.tokens for p in chain.lookups] == sorted(p.tokens for p in chain.lookups)
+    assert chain.records == [chain.lookups[-1]]
+
+
+def test_automatic_prefixes_need_the_minimum_and_can_be_turned_off() -> None:
+    short = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    assert build_chain(short, NS).lookups == []
+    long = conversation(2, "none")
+    chain = build_chain(long, NS)
+    assert chain.automatic and not chain.marked
+    assert all(p.tokens >= 1024 and p.ttl == 300 for p in chain.lookups)
+    # Records: the first eligible boundary (the system prompt) and the whole prompt.
+    assert len(chain.records) == 2
+    assert build_chain(long, NS, automatic=False).lookups == []
+    assert build_chain(long, NS, automatic_min_tokens=100_000).lookups == []
+
+
+def test_requests_sharing_a_system_prompt_share_their_placement_key() -> None:
+    a = conversation(1, "none")
+    b = conversation(3, "none")
+    assert build_chain(a, NS).placement_key == build_chain(b, NS).placement_key
+    assert build_chain(a, NS).records[-1].key != build_chain(b, NS).records[-1].key

@@ -1,0 +1,126 @@
+"""Two router PROCESSES, one redis-server, one simulated fleet: they agree on placement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from router.sim import SimFleet, start_fleet
+
+from .conftest import FAST, LoopThread, RedisServer
+from .routers import RouterProcess, pool_config
+from .test_prompt_cache import system_prompt
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+@pytest.fixture
+def fleet() -> Iterator[list[tuple[str, str]]]:
+    thread = LoopThread()
+    running: SimFleet = thread.run(start_fleet(FAST, replicas=4, name="sim"))
+    yield [(r.id, r.url) for r in running.replicas]
+    thread.run(running.close())
+    thread.stop()
+
+
+@pytest.fixture
+def routers(
+    fleet: list[tuple[str, str]], redis_server: RedisServer, tmp_path: Path
+) -> Iterator[list[RouterProcess]]:
+    started: list[RouterProcess] = []
+    try:
+        for name in ("a", "b"):
+            config = pool_config(fleet, redis_url=redis_server.url)
+            started.append(RouterProcess(config, tmp_path, name).start())
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+def clients(routers: list[RouterProcess]) -> list[openai.AsyncOpenAI]:
+    return [openai.AsyncOpenAI(base_url=r.base_url, api_key="x", max_retries=0) for r in routers]
+
+
+def marked(salt: str, question: str) -> list[Any]:
+    return [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": system_prompt(salt=salt), "cache_control": EPHEMERAL}
+            ],
+        },
+        {"role": "user", "content": question},
+    ]
+
+
+async def replicas_of(
+    pair: list[openai.AsyncOpenAI], messages: list[list[Any]], *, together: bool
+) -> list[str]:
+    """Send each of ``messages`` through the two routers in turn; the replicas they reached."""
+
+    async def one(i: int) -> str:
+        raw = await pair[i % 2].chat.completions.with_raw_response.create(
+            model="m", messages=messages[i], max_tokens=2
+        )
+        raw.parse()
+        return str(raw.headers["X-DI-Replica"])
+
+    if together:
+        return list(await asyncio.gather(*(one(i) for i in range(len(messages)))))
+    return [await one(i) for i in range(len(messages))]
+
+
+async def test_a_burst_of_first_requests_split_across_routers_lands_on_one_replica(
+    routers: list[RouterProcess],
+) -> None:
+    pair = clients(routers)
+    for salt in ("burst-1", "burst-2", "burst-3"):
+        placed = await replicas_of(
+            pair, [marked(salt, f"question {i}") for i in range(16)], together=True
+        )
+        assert len(set(placed)) == 1, placed
+    for client in pair:
+        await client.close()
+
+
+async def test_unmarked_requests_sharing_a_system_prompt_stick_across_routers(
+    routers: list[RouterProcess],
+) -> None:
+    pair = clients(routers)
+    for salt in ("shared-1", "shared-2"):
+        messages = [
+            [
+                {"role": "system", "content": system_prompt(salt=salt)},
+                {"role": "user", "content": f"question {i}"},
+            ]
+            for i in range(8)
+        ]
+        assert len(set(await replicas_of(pair, messages, together=False))) == 1
+    for client in pair:
+        await client.close()
+
+
+async def test_redis_killed_a_placed_prefix_keeps_its_replica_and_nothing_fails(
+    routers: list[RouterProcess], redis_server: RedisServer
+) -> None:
+    pair = clients(routers)
+    # Placed through router a only: router b knows it from Redis, or from rendezvous.
+    placed = await replicas_of([pair[0], pair[0]], [marked("outage", "first")] * 2, together=False)
+    redis_server.stop()
+    during = await replicas_of(
+        pair, [marked("outage", f"during {i}") for i in range(8)], together=False
+    )
+    assert set(during) == {placed[0]}
+    # A prefix first seen during the outage is placed alike by both routers.
+    fresh = await replicas_of(
+        pair, [marked("outage-new", f"q {i}") for i in range(8)], together=True
+    )
+    assert len(set(fresh)) == 1
+    for client in pair:
+        await client.close()

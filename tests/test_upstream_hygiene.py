@@ -1,0 +1,159 @@
+"""router/upstream.py: what the router does not take from an upstream.
+
+Redirects are not followed, a 200 that is not an answer is a 502, bodies are capped, and an
+upstream error text never carries the router's upstream key or a replica's address to a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from router.config import RouterConfig
+from router.upstream import MalformedStream, check_sse_event
+
+from .conftest import Stack, with_replicas
+from .scripted import Replicas
+from .test_retry import tune, user
+
+KEY = "sk-upstream-secret-0123456789"
+
+
+def single(url: str, **fields: Any) -> Any:
+    def edit(config: RouterConfig) -> RouterConfig:
+        config = with_replicas(config, "sim-text", [url], **fields)
+        return tune(config, health={"probe_interval": 60})
+
+    return edit
+
+
+async def post(live: Stack, **body: Any) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            live.base_url + "/chat/completions", json={"model": "m", "messages": user(), **body}
+        ) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_redirect_is_502_and_not_followed(
+    make_stack: Any, scripted: Replicas, stream: bool
+) -> None:
+    moved = scripted.new("moved", mode="redirect")
+    live = make_stack(edit=single(moved.url))
+    status, headers, body = await post(live, stream=stream)
+    assert status == 502
+    assert b"upstream_redirect" in body
+    assert "Location" not in headers and b"127.0.0.1:9" not in body
+    assert moved.posts == 1
+
+
+@pytest.mark.parametrize("mode", ["garbage", "empty"])
+def test_a_200_that_is_not_a_json_object_is_502(
+    make_stack: Any, scripted: Replicas, mode: str
+) -> None:
+    odd = scripted.new("odd", mode=mode)
+    live = make_stack(edit=single(odd.url))
+    with pytest.raises(openai.APIStatusError) as caught:
+        live.client().chat.completions.create(model="m", messages=user())
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_bad_response"  # type: ignore[index]
+
+
+async def test_a_stream_of_non_sse_lines_is_502_before_any_byte(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    odd = scripted.new("odd", mode="sse_garbage")
+    live = make_stack(edit=single(odd.url))
+    status, headers, body = await post(live, stream=True)
+    assert status == 502
+    assert headers["Content-Type"].startswith("application/json")
+    assert b"upstream_bad_response" in body and b"<html>" not in body
+
+
+async def test_a_json_answer_to_a_streaming_request_is_502(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    odd = scripted.new("odd", mode="garbage")  # text/plain, whatever was asked
+    live = make_stack(edit=single(odd.url))
+    status, _, body = await post(live, stream=True)
+    assert status == 502 and b"upstream_bad_response" in body
+
+
+def test_upstream_body_over_the_cap_is_502(make_stack: Any, scripted: Replicas) -> None:
+    big = scripted.new("big")
+
+    def edit(config: RouterConfig) -> RouterConfig:
+        return tune(single(big.url)(config), upstream={"max_body_size": 64})
+
+    live = make_stack(edit=edit)
+    with pytest.raises(openai.APIStatusError) as caught:
+        live.client().chat.completions.create(model="m", messages=user())
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_body_too_large"  # type: ignore[index]
+
+
+def test_error_text_echoing_key_and_address_is_scrubbed(
+    make_stack: Any, scripted: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPSTREAM_KEY", KEY)
+    echo = scripted.new("echo", mode="status", status=400)
+    host_port = echo.url.removeprefix("http://").removesuffix("/v1")
+    echo.error_body = (
+        b'{"error": {"message": "bad request to '
+        + echo.url.encode()
+        + b"/chat/completions from "
+        + host_port.encode()
+        + b" with key "
+        + KEY.encode()
+        + b' (Authorization: Bearer abc.def)", "type": "invalid_request_error", "param": "'
+        + host_port.encode()
+        + b'"}}'
+    )
+    live = make_stack(edit=single(echo.url, api_key="env:UPSTREAM_KEY"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client().chat.completions.create(model="m", messages=user())
+    text = str(caught.value.body) + caught.value.message
+    assert caught.value.status_code == 400
+    assert "bad request to" in text  # the message itself still reaches the client
+    for secret in (KEY, host_port, "127.0.0.1", "abc.def"):
+        assert secret not in text
+
+
+async def test_non_sse_lines_mid_stream_end_it_with_an_error_event(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    odd = scripted.new("odd", mode="sse_garbage_late")
+    live = make_stack(edit=single(odd.url))
+    body = {"model": "m", "messages": user(), "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(live.base_url + "/chat/completions", json=body) as response,
+    ):
+        assert response.status == 200
+        first = await response.content.readuntil(b"\n\n")
+        assert b'"content":"ok"' in first
+        scripted.release(odd)  # now the replica sends a line that is not SSE
+        rest = await response.read()
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert b"not server-sent events" in events[-2] and events[-1] == b"data: [DONE]"
+    assert b"Traceback" not in rest
+
+
+@pytest.mark.parametrize(
+    "event",
+    [b"data: {}", b"data:[DONE]", b": keep-alive", b"event: x\ndata: {}", b"id: 3\nretry: 10"],
+)
+def test_sse_fields_and_comments_pass(event: bytes) -> None:
+    check_sse_event(event)
+
+
+@pytest.mark.parametrize("event", [b"<html>", b"data: {}\nTraceback", b"{}"])
+def test_other_lines_are_not_an_event_stream(event: bytes) -> None:
+    with pytest.raises(MalformedStream):
+        check_sse_event(event)
