@@ -158,10 +158,11 @@ class Placer:
             and replica.id in placement.ranking.holders
             and cached_tokens < matched.tokens * DEMOTE_SHARE
         ):
+            # Every looked-up prefix up to the match that the replica no longer fully holds.
             lost = [
                 p
-                for p in chain.lookups[: placement.found.index + 1]  # type: ignore[union-attr]
-                if cached_tokens < p.tokens * DEMOTE_SHARE
+                for p in chain.lookups
+                if p.tokens <= matched.tokens and cached_tokens < p.tokens * DEMOTE_SHARE
             ]
             log.info(
                 "replica %s reported %d cached tokens for a ~%d-token prefix: demoted",

@@ -201,6 +201,7 @@ class RedisPrefixStore(PrefixStore):
             task.exception()  # retrieved: an abandoned command's fault was counted already
 
     def _fault(self, exc: BaseException) -> None:
+        # metrics: Redis faults and down periods (issue 12)
         self._failures += 1
         if self._failures < self._threshold:
             return

@@ -84,13 +84,6 @@ class MemoryPrefixStore(PrefixStore):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def holders(self, key: str) -> tuple[str, ...]:
-        """The replicas holding ``key`` now (tests, diagnostics)."""
-        entry = self._entries.get(key)
-        if entry is None or entry.expires <= self._clock():
-            return ()
-        return tuple(entry.holders)
-
     def get(
         self, prefixes: Sequence[Prefix], *, recorded_after: float | None = None
     ) -> Found | None:

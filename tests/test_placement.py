@@ -207,3 +207,31 @@ async def test_a_hot_prefix_spreads_under_load_and_comes_back(make_stack: Any) -
     )
     assert (back.headers["X-DI-Replica"], back.headers["X-DI-Cache"]) == (warm, "hit")
     await client.close()
+
+
+def test_a_stream_that_breaks_off_costs_the_replica_its_prefixes(make_stack: Any) -> None:
+    live = make_stack(replicas=2)
+    client = live.client()
+    cached_request(client, "breaks")
+    warm = cached_request(client, "breaks").headers["X-DI-Replica"]
+    messages: list[Any] = [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": system_prompt(salt="breaks"), "cache_control": EPHEMERAL}
+            ],
+        },
+        {"role": "user", "content": "q"},
+    ]
+    with client.chat.completions.with_streaming_response.create(
+        model="m",
+        messages=messages,
+        stream=True,
+        extra_body={"sim_fault": {"disconnect_after_chunks": 1}},
+    ) as raw:
+        assert raw.headers["X-DI-Replica"] == warm
+        body = b"".join(raw.iter_bytes())
+    assert b'"error"' in body and body.rstrip().endswith(b"data: [DONE]")
+    after = cached_request(client, "breaks")
+    assert after.headers["X-DI-Cache"] == "miss"
+    assert after.headers["X-DI-Replica"] != warm
