@@ -50,6 +50,7 @@ from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.redis_store import RedisPrefixStore
 from router.store import MemoryPrefixStore, PrefixStore
+from router.store_metrics import TimedStore
 from router.tracing import RequestTracer
 from router.upstream import new_session
 from router.watch import Watcher, attach
@@ -174,7 +175,8 @@ async def tracer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
+    store = TimedStore(app[STORE], app[METRICS])  # lookups timed for di_prefix_lookup_seconds
+    app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], store, lambda: app[SESSION])
     yield
 
 

@@ -175,3 +175,23 @@ def test_ttft_is_taken_at_the_first_byte_not_the_last(make_stack: Any) -> None:
     ttft = total(samples, "gen_ai_server_time_to_first_token_seconds_sum", stream="true")
     duration = total(samples, "gen_ai_server_request_duration_seconds_sum", type="text")
     assert ttft > 0 and duration > 5 * ttft
+
+
+def test_prefix_lookups_are_timed_by_outcome(make_stack: Any) -> None:
+    stack = make_stack()
+    client = stack.client()
+    system = "A long and stable system prompt. " * 80
+    messages: Any = [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+        },
+        {"role": "user", "content": "hello"},
+    ]
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=messages)
+    samples = scrape(stack)
+    assert total(samples, "di_prefix_lookup_seconds_count", store="memory", outcome="miss") == 1
+    assert total(samples, "di_prefix_lookup_seconds_count", store="memory", outcome="hit") == 1
+    breaker = {labels["replica"]: value for labels, value in samples["di_replica_breaker_state"]}
+    assert breaker["sim-text-0"] == 0 and len(breaker) == 8
