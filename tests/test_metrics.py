@@ -7,12 +7,13 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.config import RouterConfig
 from router.context import RequestContext
 from router.metrics import Metrics
 from router.sim import SimSettings
 from router.usage import Usage
 
-from .conftest import Stack
+from .conftest import Stack, free_port, with_replicas
 
 
 def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -195,3 +196,31 @@ def test_prefix_lookups_are_timed_by_outcome(make_stack: Any) -> None:
     assert total(samples, "di_prefix_lookup_seconds_count", store="memory", outcome="hit") == 1
     breaker = {labels["replica"]: value for labels, value in samples["di_replica_breaker_state"]}
     assert breaker["sim-text-0"] == 0 and len(breaker) == 8
+
+
+def test_retries_and_fallbacks_are_counted(make_stack: Any) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/v1"]
+
+    def edit(config: RouterConfig) -> RouterConfig:
+        config = with_replicas(config, "sim-text", dead)
+        routes = config.routes.model_copy(update={"text": ["sim-text", "sim-json"]})
+        return config.model_copy(update={"routes": routes})
+
+    stack = make_stack(edit=edit)
+    raw = stack.client().chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["X-DI-Fallback"] == "sim-json"
+    samples = scrape(stack)
+    assert total(samples, "di_retries_total", backend="sim-text", reason="connect") >= 1
+    assert (
+        total(
+            samples,
+            "di_fallbacks_total",
+            type="text",
+            from_backend="sim-text",
+            to_backend="sim-json",
+        )
+        == 1
+    )
+    assert total(samples, "di_requests_total", backend="sim-json", type="text") == 1
