@@ -20,6 +20,7 @@ from router import edge
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import EXPOSED_HEADERS, RequestContext
+from router.dashboard import RecentErrors
 from router.dispatch import Dispatcher
 from router.errors import (
     MethodNotAllowed,
@@ -29,7 +30,7 @@ from router.errors import (
     ServiceUnavailable,
 )
 from router.governance import base_headers, tenancy_ctx, tenancy_middleware
-from router.handlers import chat, completions, messages, meta, responses, stored_chat
+from router.handlers import chat, completions, dashboard, messages, meta, responses, stored_chat
 from router.handlers.common import write_error_tail
 from router.keys import (
     BALANCER,
@@ -41,16 +42,21 @@ from router.keys import (
     LIFECYCLE,
     METRICS,
     OBJECTS,
+    RECENT_ERRORS,
     SESSION,
     STORE,
+    TRACER,
     WATCHER,
 )
 from router.lifecycle import Lifecycle
 from router.limits import BodyParser
+from router.logs import log_access
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
 from router.redis_store import RedisPrefixStore
 from router.store import MemoryPrefixStore, PrefixStore
+from router.store_metrics import TimedStore
+from router.tracing import RequestTracer
 from router.upstream import new_session
 from router.watch import Watcher, attach
 
@@ -63,7 +69,11 @@ _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
 def create_app(
-    config: RouterConfig, *, store: PrefixStore | None = None, objects: ObjectStore | None = None
+    config: RouterConfig,
+    *,
+    store: PrefixStore | None = None,
+    objects: ObjectStore | None = None,
+    tracer: RequestTracer | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_size,
@@ -74,6 +84,13 @@ def create_app(
     app[BALANCER] = Balancer(config)
     attach(app[BALANCER], config)
     app[METRICS] = Metrics()
+    app[RECENT_ERRORS] = RecentErrors()
+    if tracer is None and config.tracing.otlp_endpoint:
+        # Imported only when configured: tracing off costs no opentelemetry import at all.
+        tracer = RequestTracer.from_config(config.tracing)
+    if tracer is not None:
+        app[TRACER] = tracer
+        app.cleanup_ctx.append(tracer_ctx)
     app[BASE_HEADERS] = {
         "Access-Control-Allow-Origin": config.server.cors_allow_origin,
         "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
@@ -123,6 +140,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/health/backends", meta.health_backends)
     app.router.add_get("/ready", meta.ready)
     app.router.add_get("/metrics", meta.metrics)
+    app.router.add_get("/dashboard", dashboard.page)
+    app.router.add_get("/dashboard/data", dashboard.data)
 
 
 async def session_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -187,8 +206,15 @@ async def lifecycle_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def tracer_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Flushing the last spans may block on the exporter: not on the loop.
+    await asyncio.to_thread(app[TRACER].shutdown)
+
+
 async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], app[STORE], lambda: app[SESSION])
+    store = TimedStore(app[STORE], app[METRICS])  # lookups timed for di_prefix_lookup_seconds
+    app[DISPATCHER] = Dispatcher(app[CONFIG], app[BALANCER], store, lambda: app[SESSION])
     yield
 
 
@@ -201,15 +227,24 @@ async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
     await watcher.close()
 
 
-@web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, CORS, auth, and every error as an OpenAI envelope; one log line each."""
+def _start_context(request: web.Request) -> RequestContext:
+    """The request's context: its id (the client's, when safe), surface and trace span."""
     given = request.headers.get("X-Request-Id", "")
     request_id = given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
     ctx = RequestContext.start(request_id, base_headers(request, request.app[BASE_HEADERS]))
     if request.path.startswith(_ANTHROPIC_PATHS):
         ctx.surface = "anthropic"
     request[CONTEXT] = ctx
+    tracer = request.app.get(TRACER)
+    if tracer is not None:
+        ctx.span = tracer.start(request.headers, request.method, request.path, ctx)
+    return ctx
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, CORS, auth, and every error as an OpenAI envelope; one log line each."""
+    ctx = _start_context(request)
     lifecycle = request.app[LIFECYCLE]
     try:
         with lifecycle.track():
@@ -218,6 +253,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             else:
                 response = await handler(request)  # tenancy_middleware authenticates
     except RouterError as exc:
+        ctx.error = exc.message
         if ctx.stream is not None:
             return await _fail_in_stream(request, ctx, exc.message)
         response = _error_response(exc, ctx)
@@ -232,6 +268,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await _cut_by_shutdown(request, ctx)
     except Exception:
         log.exception("request %s: internal error", ctx.request_id)
+        ctx.error = "internal error"
         if ctx.stream is not None:
             message = f"The router failed mid-stream (request id {ctx.request_id})."
             return await _fail_in_stream(request, ctx, message)
@@ -309,24 +346,26 @@ def _error_response(exc: RouterError, ctx: RequestContext) -> web.Response:
 
 
 def _account(request: web.Request, ctx: RequestContext, response: web.StreamResponse) -> None:
+    """Metrics, the access line, recent errors and the span: all read from the context."""
     resource = request.match_info.route.resource
     endpoint = resource.canonical if resource is not None else "unmatched"
-    labels = (
-        endpoint,
-        ctx.request_type or "",
-        ctx.backend or "",
-        ctx.replica or "",
-        ctx.cache or "",
-        str(response.status),
-    )
-    request.app[METRICS].observe(labels, ctx.router_ms, ctx.upstream_ms)
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "request %s %s %s %d type=%s backend=%s replica=%s cache=%s %.1fms",
-            ctx.request_id,
-            request.method,
-            edge.loggable(request.raw_path),
-            response.status,
-            *labels[1:5],
-            (time.perf_counter() - ctx.started) * 1000,
-        )
+    status = response.status
+    duration_ms = (time.perf_counter() - ctx.started) * 1000
+    app = request.app
+    metrics = app[METRICS]
+    primary = None
+    if ctx.fallback is not None and ctx.request_type is not None:
+        primary = app[CONFIG].routes.pools_for(ctx.request_type, ctx.effort)[0]
+    metrics.observe(ctx, endpoint, status, duration_ms / 1000, primary)
+    if ctx.replica is not None and ctx.backend is not None:
+        pool = app[BALANCER].pools.get(ctx.backend)
+        # This worker's count after the request ended: the gauge is summed over workers.
+        for replica in pool.replicas if pool is not None else ():
+            if replica.id == ctx.replica:
+                metrics.replica_in_flight(ctx.backend, replica.id, replica.in_flight)
+    if status >= 400 or ctx.error is not None:
+        app[RECENT_ERRORS].add(ctx, request.path, status)
+    log_access(ctx, request.method, edge.loggable(request.raw_path), status, duration_ms)
+    tracer = app.get(TRACER)
+    if tracer is not None and ctx.span is not None:
+        tracer.finish(ctx.span, ctx, status, request.path)

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,6 +43,7 @@ EFFORT_LEVELS: tuple[str, ...] = (
 )
 # OpenAI's reasoning_effort scale, lowest first; backends name the values they accept.
 REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
+REDIS_URL = re.compile(r"^(rediss?://[^\s]+|unix://?/[^\s]+)$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -56,9 +58,15 @@ def parse_size(value: object) -> object:
     return value
 
 
-def resolve_secret(value: object) -> object:
-    """``env:NAME`` -> the variable's value; a missing variable is a config error."""
+def resolve_secret(value: object, info: ValidationInfo) -> object:
+    """``env:NAME`` -> the variable's value; a missing variable is a config error.
+
+    Validated with the context ``{"env": False}`` (``check-config --no-env``), references stay
+    as they are: a file can be checked where its secrets are not set.
+    """
     if isinstance(value, str) and value.startswith("env:"):
+        if isinstance(info.context, dict) and info.context.get("env") is False:
+            return value
         name = value[4:]
         if name not in os.environ:
             raise ValueError(f"environment variable {name} is not set")
@@ -362,6 +370,16 @@ class LoadConfig(_Frozen):
 
 class CacheConfig(_Frozen):
     redis_url: Secret | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        # The scheme only: the URL itself may carry a password and must not be echoed.
+        value = url.get_secret_value() if url is not None else ""
+        if value and not value.startswith("env:") and not REDIS_URL.match(value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
+
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
     retry_after: float = Field(default=1.0, ge=0, description="seconds Redis rests after a fault")
@@ -396,6 +414,23 @@ class UpstreamPoolConfig(_Frozen):
     max_body_size: ByteSize = Field(default=64 << 20, description="largest upstream JSON answer")
 
 
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces: off unless an OTLP endpoint is given (needs the ``otel`` extra)."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP, e.g. http://otel-collector:4318/v1/traces
+    service_name: str = "di-router"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces not sampled yet")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(
+                "must be an http:// or https:// URL such as http://host:4318/v1/traces"
+            )
+        return url
+
+
 class RouterConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(min_length=1)
@@ -407,6 +442,7 @@ class RouterConfig(_Frozen):
     classify: ClassifyConfig = ClassifyConfig()
     health: HealthConfig = HealthConfig()
     load: LoadConfig = LoadConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _routes_name_backends(self) -> RouterConfig:
@@ -416,29 +452,39 @@ class RouterConfig(_Frozen):
         replica_ids = [r.id for b in self.backends for r in b.replicas]
         if len(replica_ids) != len(set(replica_ids)):
             raise ValueError("replica ids must be unique across backends")
+        problems: list[tuple[tuple[str, ...], str]] = []
         for key, targets in self.routes.routed().items():
+            loc: tuple[str, ...] = ("routes", key)
             if len(targets) != len(set(targets)):
-                raise ValueError(f"routes.{key} lists a backend twice")
-            for target in targets:
-                if target not in names:
-                    raise ValueError(
-                        f"routes.{key} names backend {target!r}, which is not defined "
-                        f"(defined: {', '.join(names)})"
-                    )
+                problems.append((loc, "lists a backend twice"))
             apis = {b.api for b in self.backends if b.name in targets}
             if len(apis) > 1:
-                raise ValueError(
-                    f"routes.{key}: fallback pools must speak the same api as the first"
-                )
+                problems.append((loc, "fallback pools must speak the same api as the first"))
+            for index, target in enumerate(targets):
+                if target not in names:
+                    where = (*loc, str(index)) if len(targets) > 1 else loc
+                    problems.append(
+                        (
+                            where,
+                            f"names backend {target!r}, which is not defined "
+                            f"(defined: {', '.join(names)})",
+                        )
+                    )
         if self.server.redis_keys and not (self.objects.redis_url or self.cache.redis_url):
-            raise ValueError("server.redis_keys needs objects.redis_url or cache.redis_url")
+            problems.append(
+                (("server", "redis_keys"), "redis_keys needs objects.redis_url or cache.redis_url")
+            )
         for i, entry in enumerate(self.server.api_keys):
             unknown = set(entry.allowed_backends or ()) - set(names)
             if unknown:
-                raise ValueError(
-                    f"server.api_keys[{i}].allowed_backends names unknown backends "
-                    f"{', '.join(sorted(unknown))}"
+                problems.append(
+                    (
+                        ("server", "api_keys", str(i), "allowed_backends"),
+                        f"names unknown backends {', '.join(sorted(unknown))}",
+                    )
                 )
+        if problems:
+            raise LocatedProblems(problems)
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -446,6 +492,14 @@ class RouterConfig(_Frozen):
 
     def routing_table(self) -> dict[str, BackendConfig]:
         return {key: self.backend(names[0]) for key, names in self.routes.routed().items()}
+
+
+class LocatedProblems(ValueError):
+    """Problems a cross-field check found, each at its own place in the file."""
+
+    def __init__(self, problems: Sequence[tuple[tuple[str, ...], str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(loc)}: {message}" for loc, message in problems))
+        self.problems = list(problems)
 
 
 class ConfigError(Exception):
@@ -472,8 +526,12 @@ def embedded_config(
     return RouterConfig(server=ServerConfig(host=host, port=port), backends=backends, routes=routes)
 
 
-def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
-    """Read and validate a YAML config; raise ConfigError naming each problem's line."""
+def load_config(path: str | Path, *, env: bool = True, **overrides: dict[str, Any]) -> RouterConfig:
+    """Read and validate a YAML config; raise ConfigError naming each problem's line.
+
+    ``env=False`` leaves ``env:VAR`` references unresolved (to check a file without its
+    secrets).
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -493,20 +551,36 @@ def load_config(path: str | Path, **overrides: Any) -> RouterConfig:
         elif given is None:  # absent, or an empty "section:" line
             data[section] = values
     try:
-        return RouterConfig.model_validate(data)
+        return RouterConfig.model_validate(data, context={"env": env})
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err, root) for err in exc.errors()]) from None
+        raise ConfigError(source, _problems(exc, root)) from None
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        found = (err.get("ctx") or {}).get("error")
+        if isinstance(found, LocatedProblems):
+            for loc, message in found.problems:
+                problems.append(_describe({"loc": (*err["loc"], *loc), "msg": message}, root))
+        else:
+            problems.append(_describe(err, root))
+    return problems
 
 
 def _describe(err: Any, root: yaml.Node | None) -> str:
-    loc = [str(p) for p in err["loc"]]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{locate(root, [str(p) for p in err['loc']])}: {message}"
+
+
+def locate(root: yaml.Node | None, loc: Sequence[str]) -> str:
+    """``line N: a.b[0].c``: where ``loc`` is in the file (its nearest existing node)."""
     path = ""
     for part in loc:
         path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
     line = _line_of(root, loc)
     where = f"line {line}: " if line else ""
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}{path or '(top level)'}: {message}"
+    return f"{where}{path or '(top level)'}"
 
 
 def _line_of(node: yaml.Node | None, loc: Sequence[str]) -> int | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from router.usage import Usage
+
 EXPOSED_HEADERS = (
     "X-DI-Request-Type",
     "X-DI-Backend",
@@ -58,22 +60,36 @@ class RequestContext:
     tenant: str | None = None
     allowed_types: frozenset[str] | None = None  # None: every type
     allowed_backends: frozenset[str] | None = None  # None: every backend
-    # Token usage the backend reported (or the router estimated when it reported none).
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int | None = None  # None: the backend reported no cached-token figure
-    usage_reported: bool = False
-    streamed_events: int = 0  # data events relayed, the estimate when no usage came
+    streamed_events: int = 0  # data events relayed: the token estimate when no usage came
     client_gone: bool = False  # the client went away mid-stream
     stored: str | None = None  # store: true outcome, "stored" | "failed"
     # Headers a component adds that no other one reads (e.g. rate-limit figures).
     extra_headers: dict[str, str] = field(default_factory=dict)
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
+    # What operations (metrics, access log, traces) read; never parsed back from headers.
+    model: str | None = None  # the model id the client asked for
+    ttft_ms: float | None = None  # until the first body byte was handed to the client
+    usage: Usage | None = None  # the backend's own token counts, when it reported them
+    error: str | None = None  # what went wrong, for the dashboard's recent errors (no secrets)
+    trace_headers: dict[str, str] = field(default_factory=dict)  # traceparent, sent upstream
+    span: object | None = None  # the request's trace span, when tracing is on
+    retried: list[tuple[str, str]] = field(default_factory=list)  # (backend, why) per retry
 
     @classmethod
     def start(cls, request_id: str, base_headers: dict[str, str]) -> RequestContext:
         """A context whose headers begin with ``base_headers`` (CORS) and the request id."""
         return cls(request_id, base_headers)
+
+    def first_byte(self) -> None:
+        """Mark the first body byte relayed to the client (time to first token, as seen)."""
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    def upstream_headers(self) -> dict[str, str]:
+        """Headers every upstream call carries: the request id and the trace context."""
+        if self.trace_headers:
+            return {"X-Request-Id": self.request_id, **self.trace_headers}
+        return {"X-Request-Id": self.request_id}
 
     def server_timing(self) -> str:
         return f"router;dur={self.router_ms:.2f}, upstream;dur={self.upstream_ms:.2f}"

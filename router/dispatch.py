@@ -220,7 +220,9 @@ class Dispatcher:
         finally:
             end(routed.replica, opened.token)
             routed.response.close()
-            self._report(placement, routed.replica, outcome, ctx.cached_tokens)
+            self._report(
+                placement, routed.replica, outcome, ctx.usage.cached_tokens if ctx.usage else None
+            )
 
     def _fallback_payload(self, pool: Pool, plan: Plan, payload: bytes) -> bytes:
         """A fallback pool gets the first pool's payload with its own model name (or the

@@ -16,18 +16,21 @@ from aiohttp import web
 
 from router.context import RequestContext
 from router.errors import RateLimited, RouterError
-from router.keys import CONFIG, CONTEXT, KEYRING, LIMITER, OBJECTS, STORE, TENANT_COUNTERS
+from router.keys import CONFIG, CONTEXT, KEYRING, LIMITER, METRICS, OBJECTS, STORE
 from router.keystore import RedisKeyStore
+from router.metrics import TenantCounters
 from router.objects import RedisObjectStore
 from router.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, Verdict
 from router.redis_store import RedisPrefixStore
 from router.tenants import KeyRing, Tenant
-from router.usage import TenantCounters, tokens_used
+from router.usage import tokens_used
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/health/backends", "/ready", "/metrics"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/health/backends", "/ready", "/metrics", "/dashboard", "/dashboard/data"}
+)
 GENERATION_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
 )
@@ -68,7 +71,7 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
         ctx.allowed_types = tenant.allowed_types
         ctx.allowed_backends = tenant.allowed_backends
     generation = request.method == "POST" and request.path in GENERATION_PATHS
-    counters = app[TENANT_COUNTERS]
+    counters = app[METRICS].tenants
     status = 500
     try:
         if generation and tenant is not None and tenant.limited:
@@ -87,8 +90,6 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         if generation:
-            # metrics: per-tenant requests/tokens live in usage.TenantCounters, rendered at
-            # /metrics beside metrics.py; issue 12 may move them onto its registry.
             counters.observe(ctx, request.headers.get("X-Title"), status)
             if tenant is not None and tenant.tpm:
                 used = tokens_used(ctx, request.content_length or 0)
@@ -100,7 +101,7 @@ async def _admit(
 ) -> None:
     verdict: Verdict = await limiter.admit(tenant.name, tenant.rpm, tenant.tpm)
     if verdict.bypassed:
-        counters.bypassed += 1  # metrics: di_ratelimit_bypass_total
+        counters.bypass()
         ctx.extra_headers["X-DI-RateLimit"] = "bypass"
         return
     ctx.extra_headers.update(verdict.headers)
@@ -123,9 +124,8 @@ async def _admit(
 
 
 async def tenancy_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The key ring (with Redis keys when enabled), the limiter and the tenant counters."""
+    """The key ring (with Redis keys when enabled) and the limiter."""
     config = app[CONFIG]
-    app[TENANT_COUNTERS] = TenantCounters()
     redis_keys = None
     if config.server.redis_keys:
         objects = app[OBJECTS]

@@ -8,6 +8,7 @@ from aiohttp import web
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import RequestContext
+from router.dashboard import RecentErrors
 from router.dispatch import Dispatcher
 from router.lifecycle import Lifecycle
 from router.limits import BodyParser
@@ -16,7 +17,7 @@ from router.objects import ObjectStore
 from router.ratelimit import RateLimiter
 from router.store import PrefixStore
 from router.tenants import KeyRing
-from router.usage import TenantCounters
+from router.tracing import RequestTracer
 from router.watch import Watcher
 
 CONFIG = web.AppKey("config", RouterConfig)
@@ -26,6 +27,8 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
+TRACER = web.AppKey("tracer", RequestTracer)
 WATCHER = web.AppKey("watcher", Watcher)
 CONTEXT = web.RequestKey("context", RequestContext)
 # Headers every response starts with (CORS), built once from the config.
@@ -33,6 +36,5 @@ BASE_HEADERS = web.AppKey("base_headers", dict[str, str])
 # Tenancy (router/governance.py): keys -> tenants, per-key limits, per-tenant counters.
 KEYRING = web.AppKey("keyring", KeyRing)
 LIMITER = web.AppKey("limiter", RateLimiter)
-TENANT_COUNTERS = web.AppKey("tenant_counters", TenantCounters)
 BODY_PARSER = web.AppKey("body_parser", BodyParser)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

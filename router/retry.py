@@ -172,6 +172,8 @@ class Attempts:
                     self._log(ctx, replica, verdict)
                     if not verdict.retry:
                         raise
+                    reason = verdict.failure.value if verdict.failure else "other"
+                    ctx.retried.append((pool.backend.name, reason))
                     # metrics: retry by reason and pool (issue 12)
                     last = exc
                     continue
@@ -196,7 +198,7 @@ class Attempts:
         try:
             async with asyncio.timeout(deadline - self._clock()):
                 response = await send(
-                    self._session(), replica, path, payload, {"X-Request-Id": ctx.request_id}
+                    self._session(), replica, path, payload, ctx.upstream_headers()
                 )
         except TimeoutError:
             end(replica, token)

@@ -1,154 +1,118 @@
-"""Token usage: read from what the backend reports, and counted per tenant for ``/metrics``.
+"""Token usage as the backends report it, read without parsing whole answers.
 
-Usage comes from the backend's own ``usage`` object (chat and legacy completions, the
-``include_usage`` chunk of a stream, a Responses object). A stream without usage is estimated:
-its prompt at 4 bytes a token of the request body, its completion at one token per data event
-(vLLM and SGLang send about one token per chunk). The per-tenant counters are kept apart from
-``metrics.py`` (issue 12 owns it) and rendered in the Prometheus text format beside it.
+One reader for every surface: the relays hand each JSON answer (``note_body``) and each SSE
+data event (``note_event``) here, and the result lands in ``RequestContext.usage``, which
+metrics, the access log, placement (cached tokens) and token limits all read.
+
+Backends put ``usage`` at the end of a JSON answer and in the last chunk of a stream (OpenAI's
+``include_usage``), so the readers here look only there: the relay keeps a reference to the
+last event it passed and this module reads it once the stream ended, keeping JSON parsing off
+the per-chunk path. Three shapes are understood: Chat Completions (``prompt_tokens``,
+``completion_tokens``, ``prompt_tokens_details.cached_tokens``), the Responses API
+(``input_tokens``, ``output_tokens``, ``input_tokens_details.cached_tokens``) and Anthropic's
+Messages API (``input_tokens`` + ``cache_read_input_tokens``, which it counts apart).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from router.context import RequestContext
+import orjson
 
-_TITLE = re.compile(r"[^\w .:/@-]")
-MAX_TITLES = 100  # distinct X-Title labels per process; more become "other" (cardinality)
+if TYPE_CHECKING:
+    from router.context import RequestContext
+
+_KEY = b'"usage"'
+# A usage object nests two levels at most (prompt_tokens_details); its values are numbers.
+_USAGE_OBJECT = re.compile(rb"\s*:\s*(\{(?:[^{}]++|\{(?:[^{}]++|\{[^{}]*+\})*+\})*+\})")
+# A usage object is small; a match further than this from the end is not the answer's usage.
+_TAIL = 8 << 10
 
 
-_FIGURE = re.compile(
-    rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens|cached_tokens)"\s*:\s*(\d+)'
-)
-_USAGE_SPAN = 1024  # a usage object with its details fits well within this
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    # None when the backend gave no cached-token figure at all (placement must not read that
+    # as "evicted"); 0 when it said none of the prompt was cached.
+    cached_tokens: int | None = None
+
+
+def usage_from_dict(usage: Any) -> Usage | None:
+    """A ``usage`` object in any of the three shapes; None when it is absent or not one."""
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        prompt = _int(usage.get("prompt_tokens"))
+        return Usage(
+            prompt, _int(usage.get("completion_tokens")), None if cached is None else _int(cached)
+        )
+    if "input_tokens" in usage or "output_tokens" in usage:
+        details = usage.get("input_tokens_details")
+        if isinstance(details, dict):  # Responses API: input_tokens includes the cached ones
+            cached = _int(details.get("cached_tokens"))
+            return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")), cached)
+        # Anthropic: input_tokens excludes cache reads and cache writes.
+        read = _int(usage.get("cache_read_input_tokens"))
+        written = _int(usage.get("cache_creation_input_tokens"))
+        prompt = _int(usage.get("input_tokens")) + read + written
+        return Usage(prompt, _int(usage.get("output_tokens")), read)
+    return None
+
+
+def usage_from_bytes(data: bytes) -> Usage | None:
+    """The last ``"usage": {...}`` object in a JSON document or SSE event, if any.
+
+    Only the tail is searched and only the usage object itself is parsed, so a long answer
+    costs a reverse scan and a small regex match, not a second full parse.
+    """
+    at = data.rfind(_KEY, max(0, len(data) - _TAIL))
+    if at < 0:
+        return None
+    match = _USAGE_OBJECT.match(data, at + len(_KEY))
+    if match is None:
+        return None  # "usage": null, or not an object of the usual depth
+    try:
+        return usage_from_dict(orjson.loads(match.group(1)))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def note_body(ctx: RequestContext, data: bytes) -> None:
-    """Usage from a whole JSON answer, read from its ``usage`` object alone (no full parse).
-
-    A ``"usage"`` key can only be the key itself: inside a JSON string its quotes are escaped.
-    """
-    at = data.rfind(b'"usage"')
-    if at < 0 or data.startswith(b"null", _value_at(data, at)):
+    """Usage from a whole JSON answer (chat, completions, Responses or Messages)."""
+    found = usage_from_bytes(data)
+    if found is None:
         return
-    figures = {m[1]: int(m[2]) for m in _FIGURE.finditer(data, at, at + _USAGE_SPAN)}
-    if not figures:
-        return
-    ctx.prompt_tokens = figures.get(b"prompt_tokens", figures.get(b"input_tokens", 0))
-    ctx.completion_tokens = figures.get(b"completion_tokens", figures.get(b"output_tokens", 0))
-    ctx.cached_tokens = figures.get(b"cached_tokens")  # None: the backend reports none
-    ctx.usage_reported = True
+    before = ctx.usage
+    if before is not None and found.prompt_tokens == 0 and found.cached_tokens is None:
+        # Messages streams report input in message_start and output in message_delta.
+        found = Usage(before.prompt_tokens, found.completion_tokens, before.cached_tokens)
+    ctx.usage = found
 
 
 def note_event(ctx: RequestContext, event: bytes) -> None:
-    """Count a relayed SSE data event; read its usage when it carries one."""
-    if not event.startswith(b"data:"):
+    """Count a relayed SSE data event and read its usage when it carries one (the
+    ``include_usage`` chunk, a terminal Responses event, Messages' ``message_delta``)."""
+    if not event.startswith((b"data:", b"event:")):
         return
     ctx.streamed_events += 1
-    note_body(ctx, event)
-
-
-def _value_at(data: bytes, at: int) -> int:
-    colon = data.find(b":", at + 7)
-    if colon < 0:
-        return len(data)
-    rest = data[colon + 1 : colon + 8].lstrip()
-    return colon + 1 + (len(data[colon + 1 : colon + 8]) - len(rest))
+    if b'"usage"' in event:
+        note_body(ctx, event)
 
 
 def tokens_used(ctx: RequestContext, body_size: int) -> int:
-    """What a request cost, for token limits: reported, else estimated."""
-    if ctx.usage_reported:
-        return ctx.prompt_tokens + ctx.completion_tokens
+    """What a request cost, for token limits: reported, else estimated (4 bytes of request
+    body a token, plus one token per streamed event)."""
+    if ctx.usage is not None:
+        return ctx.usage.prompt_tokens + ctx.usage.completion_tokens
     if not ctx.upstream_ms:
         return 0  # never reached a backend
     return body_size // 4 + ctx.streamed_events
 
 
-def app_label(title: str | None) -> str:
-    """``X-Title`` as a metric label: cleaned and bounded."""
-    if not title:
-        return ""
-    return _TITLE.sub("", title)[:64]
-
-
-class TenantCounters:
-    """Requests and tokens per tenant (and app, from ``X-Title``); rate-limit outcomes."""
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, str, str]] = Counter()
-        self.tokens: Counter[tuple[str, str, str]] = Counter()
-        self.limited: Counter[tuple[str, str]] = Counter()
-        self.bypassed = 0
-        self._titles: set[str] = set()
-
-    def observe(self, ctx: RequestContext, title: str | None, status: int) -> None:
-        tenant = ctx.tenant or "anonymous"
-        app = self._app(app_label(title))
-        self.requests[(tenant, app, str(status))] += 1
-        for kind, count in (
-            ("prompt", ctx.prompt_tokens),
-            ("completion", ctx.completion_tokens),
-            ("cached", ctx.cached_tokens or 0),
-        ):
-            if count:
-                self.tokens[(tenant, app, kind)] += count
-
-    def rejected(self, tenant: str, limit: str) -> None:
-        self.limited[(tenant, limit)] += 1
-
-    def _app(self, label: str) -> str:
-        if not label or label in self._titles:
-            return label
-        if len(self._titles) >= MAX_TITLES:
-            return "other"
-        self._titles.add(label)
-        return label
-
-    def render(self) -> str:
-        requests = {
-            f'tenant="{_esc(tenant)}",app="{_esc(app)}",status="{status}"': n
-            for (tenant, app, status), n in sorted(self.requests.items())
-        }
-        tokens = {
-            f'tenant="{_esc(tenant)}",app="{_esc(app)}",kind="{kind}"': n
-            for (tenant, app, kind), n in sorted(self.tokens.items())
-        }
-        limited = {
-            f'tenant="{_esc(tenant)}",limit="{limit}"': n
-            for (tenant, limit), n in sorted(self.limited.items())
-        }
-        lines = [
-            *_counter(
-                "di_tenant_requests_total", "Requests per tenant and app (X-Title).", requests
-            ),
-            *_counter(
-                "di_tenant_tokens_total",
-                "Tokens per tenant and app, as the backends report.",
-                tokens,
-            ),
-            *_counter(
-                "di_ratelimit_rejected_total",
-                "Requests refused with 429, by tenant and limit.",
-                limited,
-            ),
-            *_counter(
-                "di_ratelimit_bypass_total",
-                "Limited requests served unchecked (Redis down).",
-                {"": self.bypassed},
-            ),
-        ]
-        return "\n".join(lines) + "\n"
-
-
-def _counter(name: str, help_text: str, samples: dict[str, int]) -> list[str]:
-    """One counter family in the Prometheus text format; ``samples`` maps labels to values."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-    for labels, value in samples.items():
-        lines.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
-    return lines
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -24,7 +24,7 @@ import aiohttp
 
 from router.balancer import Balancer, Replica
 from router.config import RouterConfig
-from router.health import Failure, ReplicaHealth, State
+from router.health import Failure, ReplicaHealth
 from router.load import LoadGauge, NotMetrics, parse_report
 
 log = logging.getLogger(__name__)
@@ -205,27 +205,3 @@ def snapshot(balancer: Balancer, now: float) -> dict[str, Any]:
         healthy = any(r.health.serviceable(now) for r in pool.replicas)
         backends[name] = {"healthy": healthy, "replicas": replicas}
     return {"backends": backends}
-
-
-def prometheus_lines(balancer: Balancer, now: float) -> list[str]:
-    """Breaker state and load per replica, for ``GET /metrics``."""
-    lines = [
-        "# HELP di_replica_breaker_state Circuit breaker: 0 closed, 1 half-open, 2 open.",
-        "# TYPE di_replica_breaker_state gauge",
-    ]
-    code = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
-    loads = [
-        "# HELP di_replica_load Load used for routing (reported running+waiting+sent, or local).",
-        "# TYPE di_replica_load gauge",
-    ]
-    for name, pool in balancer.pools.items():
-        for replica in pool.replicas:
-            replica.health.usable(now)
-            labels = f'backend="{_escape(name)}",replica="{_escape(replica.id)}"'
-            lines.append(f"di_replica_breaker_state{{{labels}}} {code[replica.health.state]}")
-            loads.append(f"di_replica_load{{{labels}}} {replica.load(now)}")
-    return lines + loads
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -31,6 +31,7 @@ from router.edge import make_runner
 from router.objects import ObjectStore
 from router.sim import SimFleet, SimSettings, start_fleet
 from router.store import PrefixStore
+from router.tracing import RequestTracer
 
 T = TypeVar("T")
 
@@ -108,6 +109,7 @@ def start_stack(
     edit: ConfigEdit | None = None,
     store: PrefixStore | None = None,
     objects: ObjectStore | None = None,
+    tracer: RequestTracer | None = None,
 ) -> Stack:
     thread = LoopThread()
 
@@ -121,7 +123,7 @@ def start_stack(
         )
         if edit is not None:
             config = edit(config)
-        app = create_app(config, store=store, objects=objects)
+        app = create_app(config, store=store, objects=objects, tracer=tracer)
         runner = make_runner(app, config.server)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -230,7 +230,7 @@ async def test_health_ready_metrics(stack: Stack) -> None:
             )
         async with session.get(root + "/metrics") as response:
             text = await response.text()
-            assert "di_requests_total" in text and "di_in_flight" in text
+            assert "di_requests_total" in text and "di_replica_in_flight" in text
 
 
 def test_incremental_streaming_is_not_buffered(make_stack: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,20 +81,18 @@ def test_sim_serves_replicas_on_consecutive_ports() -> None:
 def test_check_config_prints_the_routing_table(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (
-        "DI_ROUTER_API_KEY",
-        "OPENAI_API_KEY",
-        "DI_ROUTER_REDIS_URL",
-        "TEAM_A_KEY",
-        "DI_ROUTER_OBJECTS_REDIS_URL",
-    ):
+    for name in ("DI_ROUTER_API_KEY", "OPENAI_API_KEY", "TEAM_A_KEY"):
         monkeypatch.setenv(name, f"x-{name}")
+    monkeypatch.setenv("DI_ROUTER_REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("DI_ROUTER_OBJECTS_REDIS_URL", "redis://redis-objects:6379/0")
     assert main(["check-config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     assert "tenants: key-" in out and ", team-a (+ keys in Redis)" in out
     assert "x-TEAM_A_KEY" not in out
-    assert "code     sglang-coder" in out
-    assert "vision   ollama-vision" in out
+    assert re.search(r"^code +sglang-coder ", out, re.M)
+    assert re.search(r"^ +then vllm-llama$", out, re.M)  # code's fallback pool
+    assert re.search(r"^vision +ollama-vision ", out, re.M)
+    assert re.search(r"^code@high +vllm-reasoner ", out, re.M)
 
 
 def test_check_config_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,10 @@ def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        (MINIMAL.replace("vision: pool", "vision: nowhere"), "routes.vision names backend"),
+        (
+            MINIMAL.replace("vision: pool", "vision: nowhere"),
+            "line 6: routes.vision: names backend",
+        ),
         (MINIMAL.replace(", vision: pool", ""), "routes.vision: Field required"),
         (MINIMAL.replace("http://127.0.0.1:9000/v1/", "ftp://x"), "line 5: backends[0].replicas"),
         (MINIMAL + "\nserver: {prot: 1}\n", "server.prot: Extra inputs are not permitted"),

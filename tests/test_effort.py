@@ -145,9 +145,9 @@ def test_effort_routes_and_pools_for(tmp_path: Path) -> None:
         ("  code@turbo: big", "unknown effort 'turbo'"),
         ("  poetry: big", "unknown route 'poetry'"),
         ("  poetry@high: big", "unknown route 'poetry@high'"),
-        ("  code@low: nowhere", "routes.code@low names backend 'nowhere'"),
+        ("  code@low: nowhere", "routes.code@low: names backend 'nowhere'"),
         ("  code@low: []", "must name a backend"),
-        ("  document: [big, nowhere]", "routes.document names backend 'nowhere'"),
+        ("  document: [big, nowhere]", "routes.document[1]: names backend 'nowhere'"),
     ],
 )
 def test_bad_routes_are_config_errors(tmp_path: Path, line: str, problem: str) -> None:

@@ -11,6 +11,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import RouterConfig
 
@@ -347,6 +348,11 @@ def test_tokens_through_a_chat_backend_are_counted(stack: Stack, stream: bool) -
         async with aiohttp.ClientSession() as session, session.get(base(stack) + "/metrics") as r:
             return await r.text()
 
-    lines = stack.run(metrics()).splitlines()
-    completion = [ln for ln in lines if f'app="{title}",kind="completion"' in ln]
-    assert completion and completion[0].endswith(" 6")
+    tokens = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(stack.run(metrics()))
+        if family.name == "di_tenant_tokens"
+        for sample in family.samples
+        if sample.name == "di_tenant_tokens_total" and sample.labels["app"] == title
+    }
+    assert tokens["completion"] == 6

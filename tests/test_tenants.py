@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -20,7 +21,7 @@ from router.keys import KEYRING, OBJECTS
 from router.objects import MemoryObjectStore
 from router.sim import SimSettings
 from router.tenants import ANONYMOUS, generated_name
-from router.usage import tokens_used
+from router.usage import Usage, tokens_used
 
 from .conftest import RedisServer, Stack, start_stack, stop_stack
 
@@ -210,12 +211,20 @@ def test_per_tenant_counters_and_app_label(tenants: Stack) -> None:
     a.chat.completions.create(model="m", messages=user())
     url = tenants.base_url.removesuffix("/v1") + "/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    requests = [ln for ln in lines if ln.startswith("di_tenant_requests_total{")]
-    assert any('tenant="team-a",app="Docs bot",status="200"' in ln for ln in requests)
-    tokens = [ln for ln in lines if ln.startswith("di_tenant_tokens_total{")]
-    assert any('tenant="team-a",app="Docs bot",kind="prompt"' in ln for ln in tokens)
-    assert any('tenant="team-a",app="Docs bot",kind="completion"' in ln for ln in tokens)
+        text = response.read().decode()
+    samples = [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+    bot = {"tenant": "team-a", "app": "Docs bot"}
+    assert ("di_tenant_requests_total", {**bot, "status": "200"}, 1.0) in samples
+    kinds = {
+        labels["kind"]
+        for name, labels, value in samples
+        if name == "di_tenant_tokens_total" and labels.items() >= bot.items() and value > 0
+    }
+    assert {"prompt", "completion"} <= kinds
 
 
 def test_a_failed_store_write_is_told_not_silent(make_stack: Any) -> None:
@@ -243,7 +252,7 @@ def test_usage_estimate_when_a_stream_reports_none() -> None:
     ctx.upstream_ms = 1.0
     ctx.streamed_events = 7
     assert tokens_used(ctx, 400) == 100 + 7
-    ctx.usage_reported, ctx.prompt_tokens, ctx.completion_tokens = True, 20, 5
+    ctx.usage = Usage(prompt_tokens=20, completion_tokens=5)
     assert tokens_used(ctx, 400) == 25
 
 

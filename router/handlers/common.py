@@ -70,6 +70,9 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if isinstance(model, str):
+        context(request).model = model
     return body, raw
 
 
@@ -126,6 +129,7 @@ async def relay_json(
     note_body(ctx, data)
     data = rewrite_model(data, model_field(client_model))
     response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
+    ctx.first_byte()  # the whole answer is in hand and goes out at once
     return response, data
 
 
@@ -203,6 +207,7 @@ async def relay_sse(
     if not done:
         routed.broken = True
         if failed:
+            ctx.error = "the backend reported an error mid-stream"
             await write_error_tail(response, ctx, None, None)
         else:
             message = f"The {where(routed)} ended the stream early."
@@ -248,6 +253,7 @@ async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestC
     """Write to the client; False when it has gone away (the caller stops relaying)."""
     try:
         await response.write(data)
+        ctx.first_byte()
     except ConnectionResetError:
         log.info("request %s: client went away mid-stream", ctx.request_id)
         ctx.client_gone = True
@@ -265,12 +271,14 @@ async def write_error_tail(
     """
     if ctx.surface == "anthropic":
         if message is not None:
+            ctx.error = message
             log.warning("request %s: %s", ctx.request_id, message)
             body = UpstreamError(message, code=code).render("anthropic")
             await write_or_gone(response, b"event: error\ndata: " + body + b"\n\n", ctx)
         return
     tail = b""
     if message is not None:
+        ctx.error = message
         log.warning("request %s: %s", ctx.request_id, message.replace("\n", "\\n"))
         error = UpstreamError(message, code=code)
         tail = b"data: " + error.body() + b"\n\n"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from router.dashboard import refresh_gauges
 from router.errors import NotFound
-from router.keys import BALANCER, CONFIG, LIFECYCLE, METRICS, SESSION, TENANT_COUNTERS
-from router.watch import prometheus_lines, readiness, snapshot
+from router.keys import BALANCER, CONFIG, LIFECYCLE, METRICS, SESSION, STORE
+from router.watch import readiness, snapshot
 
 _STARTED = int(time.time())
 
@@ -68,9 +70,7 @@ async def health_backends(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    pools = request.app[BALANCER].pools
-    in_flight = [(p.backend.name, r.id, r.in_flight) for p in pools.values() for r in p.replicas]
-    text = request.app[METRICS].render(in_flight)
-    text += request.app[TENANT_COUNTERS].render()  # per-tenant counters (router/usage.py)
-    text += "\n".join(prometheus_lines(request.app[BALANCER], time.monotonic())) + "\n"
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    app = request.app
+    refresh_gauges(app[METRICS], app[BALANCER], app[STORE], time.monotonic())
+    body = app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -128,6 +128,7 @@ async def _via_chat_backend(
             await tell_stream(reply, ctx)
         return reply
     await _save(objects, ctx, body, chat, result)
+    ctx.first_byte()
     return web.json_response(result, headers=ctx.headers, dumps=_dumps)
 
 

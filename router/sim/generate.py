@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from router.sim.errors import SimError
+from router.sim.json_prompt import requested_schema
+from router.sim.logprobs import token_entries
 from router.sim.request import ChatRequest, CompletionRequest
 from router.sim.schema_values import sample_schema
 from router.sim.settings import SimSettings
@@ -46,6 +48,8 @@ class Choice:
     pieces: tuple[str, ...]
     finish_reason: str
     tool_call: ToolCall | None = None
+    # One entry per content piece when the request asked for logprobs (see `logprobs`).
+    logprobs: tuple[dict[str, Any], ...] | None = None
 
     @property
     def text(self) -> str:
@@ -97,17 +101,33 @@ def _text_choice(
     return _ending(index, parts[:count], truncated=limit is not None, stops=stops)
 
 
-def _json_document(rng: random.Random, response_format: Mapping[str, Any]) -> list[str] | None:
-    """The pieces of the JSON document `response_format` asks for, if it asks for one."""
+def _json_document(
+    rng: random.Random, response_format: Mapping[str, Any], messages: list[dict[str, Any]]
+) -> list[str] | None:
+    """The pieces of the JSON document `response_format` asks for, if it asks for one.
+
+    JSON mode carries no schema: the answer follows the one the prompt gives, when it can be
+    read (see `json_prompt`), like a model that reads its instructions.
+    """
     kind = response_format.get("type")
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}
         value = sample_schema(spec.get("schema") or {}, rng)
     elif kind == "json_object":
-        value = {"answer": words(rng, rng.randint(4, 12))}
+        value = _json_object(rng, messages)
     else:
         return None
     return pieces(orjson.dumps(value).decode())
+
+
+def _json_object(rng: random.Random, messages: list[dict[str, Any]]) -> Any:
+    schema = requested_schema(messages)
+    if schema is not None:
+        try:
+            return sample_schema(schema, rng)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            pass  # a schema the sampler cannot follow: still answer valid JSON
+    return {"answer": words(rng, rng.randint(4, 12))}
 
 
 def _functions(request: ChatRequest) -> list[Mapping[str, Any]]:
@@ -158,7 +178,7 @@ def _chat_choice(
     if functions:
         return _tool_choice(index, rng, functions)
     limit = request.token_limit
-    document = _json_document(rng, request.response_format or {})
+    document = _json_document(rng, request.response_format or {}, request.messages)
     if document is None:
         return _text_choice(
             index,
@@ -176,14 +196,26 @@ def _chat_choice(
 def chat_choices(request: ChatRequest, prompt: Prompt, settings: SimSettings) -> list[Choice]:
     """The `n` choices of a chat completion."""
     functions = _functions(request)
-    return [_chat_choice(request, prompt, settings, functions, index) for index in range(request.n)]
+    choices = [
+        _chat_choice(request, prompt, settings, functions, index) for index in range(request.n)
+    ]
+    if request.logprobs:
+        top = request.top_logprobs or 0
+        choices = [_with_logprobs(choice, top) for choice in choices]
+    return choices
+
+
+def _with_logprobs(choice: Choice, top: int) -> Choice:
+    # A tool call's arguments are not content: OpenAI reports no content logprobs for them.
+    entries = token_entries(choice.pieces, top) if choice.tool_call is None else []
+    return replace(choice, logprobs=tuple(entries))
 
 
 def completion_choices(
     request: CompletionRequest, prompt: Prompt, settings: SimSettings, *, first_index: int
 ) -> list[Choice]:
     """The `n` choices for one prompt of a legacy completion, indexed from `first_index`."""
-    return [
+    choices = [
         _text_choice(
             first_index + offset,
             seeded_rng(settings.seed, request.seed, prompt.key, offset),
@@ -194,3 +226,6 @@ def completion_choices(
         )
         for offset in range(request.n)
     ]
+    if request.logprobs is not None:
+        choices = [_with_logprobs(choice, request.logprobs) for choice in choices]
+    return choices

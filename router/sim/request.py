@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.sim.errors import SimError
 
@@ -68,9 +68,17 @@ class GenerationRequest(BaseModel):
 class ChatRequest(GenerationRequest):
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: logprobs must be true when top_logprobs is used")
+        return self
 
     @property
     def token_limit(self) -> int | None:
@@ -82,6 +90,7 @@ class ChatRequest(GenerationRequest):
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -115,7 +124,8 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        raise SimError(f"{param}: {first['msg']}", param=param) from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SimError(f"{param}: {message}" if param else message, param=param) from None
 
 
 def check_context(prompt_tokens: int, limit: int | None, max_model_len: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from router.sim.engine import Admission, Outcome, SimEngine, Tracked, sleep_until
 from router.sim.generate import Choice
+from router.sim.logprobs import chat_logprobs, completion_logprobs
 from router.sim.request import SimFault
 from router.sim.wire import Meta, chat_chunk, chat_deltas, text_chunk
 
@@ -53,20 +55,36 @@ def chat_steps(meta: Meta, choices: Sequence[Choice]) -> Iterator[list[Event]]:
                 events.append(Event(chat_chunk(meta, choice.index, role)))
             if step < len(choice_deltas):
                 delta = choice_deltas[step]
-                events.append(Event(chat_chunk(meta, choice.index, delta), content=True))
+                logprobs = _chunk_logprobs(choice, step)
+                chunk = chat_chunk(meta, choice.index, delta, logprobs=logprobs)
+                events.append(Event(chunk, content=True))
             if step == max(0, len(choice_deltas) - 1):
                 finish = chat_chunk(meta, choice.index, {}, choice.finish_reason)
                 events.append(Event(finish))
         yield events
 
 
+def _chunk_logprobs(choice: Choice, step: int) -> dict[str, Any] | None:
+    """The logprobs of a content chunk: its one token's entry (none for tool-call parts)."""
+    if choice.logprobs is None:
+        return None
+    if choice.tool_call is not None or step >= len(choice.logprobs):
+        return chat_logprobs([])
+    return chat_logprobs(choice.logprobs[step : step + 1])
+
+
 def text_steps(meta: Meta, choices: Sequence[Choice]) -> Iterator[list[Event]]:
     """Legacy completion chunks by token step: one piece per token, then the finish chunk."""
+    offsets = [list(accumulate((len(p) for p in choice.pieces), initial=0)) for choice in choices]
     for step in range(max(1, max((len(choice.pieces) for choice in choices), default=0))):
         events: list[Event] = []
-        for choice in choices:
+        for choice, starts in zip(choices, offsets, strict=True):
             if step < len(choice.pieces):
-                chunk = text_chunk(meta, choice.index, choice.pieces[step])
+                logprobs = None
+                if choice.logprobs is not None:
+                    entry = choice.logprobs[step : step + 1]
+                    logprobs = completion_logprobs(entry, starts[step])
+                chunk = text_chunk(meta, choice.index, choice.pieces[step], logprobs=logprobs)
                 events.append(Event(chunk, content=True))
             if step == max(0, len(choice.pieces) - 1):
                 events.append(Event(text_chunk(meta, choice.index, "", choice.finish_reason)))

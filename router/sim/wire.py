@@ -10,6 +10,7 @@ from typing import Any
 
 from router.sim.engine import Admission
 from router.sim.generate import Choice
+from router.sim.logprobs import chat_logprobs, completion_logprobs
 
 SYSTEM_FINGERPRINT = "fp_di_router_sim"
 
@@ -65,7 +66,7 @@ def chat_completion(meta: Meta, admission: Admission, choices: Sequence[Choice])
             {
                 "index": choice.index,
                 "message": _message(choice),
-                "logprobs": None,
+                "logprobs": chat_logprobs(choice.logprobs),
                 "finish_reason": choice.finish_reason,
             }
             for choice in choices
@@ -85,7 +86,9 @@ def text_completion(meta: Meta, admission: Admission, choices: Sequence[Choice])
             {
                 "index": choice.index,
                 "text": choice.text,
-                "logprobs": None,
+                "logprobs": (
+                    None if choice.logprobs is None else completion_logprobs(choice.logprobs)
+                ),
                 "finish_reason": choice.finish_reason,
             }
             for choice in choices
@@ -95,7 +98,11 @@ def text_completion(meta: Meta, admission: Admission, choices: Sequence[Choice])
 
 
 def chat_chunk(
-    meta: Meta, index: int, delta: dict[str, Any], finish_reason: str | None = None
+    meta: Meta,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": meta.id,
@@ -104,13 +111,17 @@ def chat_chunk(
         "model": meta.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": [
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
 
 
 def text_chunk(
-    meta: Meta, index: int, text: str, finish_reason: str | None = None
+    meta: Meta,
+    index: int,
+    text: str,
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": meta.id,
@@ -119,7 +130,7 @@ def text_chunk(
         "model": meta.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": [
-            {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
 
