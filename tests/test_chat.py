@@ -131,11 +131,12 @@ async def test_stream_wire_bytes_end_with_done(stack: Stack) -> None:
 
 
 async def test_async_client_streams(stack: Stack) -> None:
-    client = stack.aclient()
-    stream = await client.chat.completions.create(model="m", messages=user("hello"), stream=True)
-    pieces = [c.choices[0].delta.content async for c in stream if c.choices]
-    assert "".join(p or "" for p in pieces).strip()
-    await client.close()
+    async with stack.aclient() as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=user("hello"), stream=True
+        )
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert "".join(p or "" for p in pieces).strip()
 
 
 def test_tools_route_to_code_and_arguments_validate(stack: Stack) -> None:
