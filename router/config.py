@@ -297,6 +297,9 @@ class LimitsConfig(_Frozen):
     max_json_values: int = Field(default=65536, gt=0, description="values and keys in the body")
     max_hashed_string: ByteSize = 4 << 20  # one string in a prefix the router hashes
     max_large_bodies: int = Field(default=16, gt=0, description="bodies over 256 KiB read at once")
+    # Shorter than any holder's body_timeout, so a waiter's 503 does not hinge on whether a
+    # stalled holder's deadline happens to fire just before its own.
+    large_body_wait: float = Field(default=5.0, gt=0, description="wait for a large-body slot")
 
 
 class ServerConfig(_Frozen):

@@ -214,13 +214,18 @@ def _start_pool() -> ProcessPoolExecutor:
 class BodySlot:
     """A place among the large bodies read at once; small bodies need none."""
 
-    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
+    def __init__(self, semaphore: asyncio.Semaphore | None, wait: float = 5.0) -> None:
         self._semaphore = semaphore
+        self._wait = wait
         self.held = semaphore is None
 
     async def __aenter__(self) -> BodySlot:
+        """Raises TimeoutError (``held`` still False) after ``wait`` s without a slot."""
         if self._semaphore is not None:
-            await self._semaphore.acquire()
+            # A wait of its own: under the body's deadline alone, a waiter would nearly always
+            # get the slot a stalled holder frees at its (earlier) deadline, with no time left.
+            async with asyncio.timeout(self._wait):
+                await self._semaphore.acquire()
             self.held = True
         return self
 
@@ -239,12 +244,13 @@ class BodyParser:
         # Bounds the memory of bodies being read: a large one waits for a slot with its bytes
         # still in the socket (TCP flow control), not in this process.
         self._large = asyncio.Semaphore(config.max_large_bodies)
+        self._large_wait = config.large_body_wait
 
     def slot(self, length: int | None, encoded: bool) -> BodySlot:
         """The slot a body of ``length`` bytes (None: chunked) must hold while it is read;
         an ``encoded`` (compressed) body may grow, so it counts as large."""
         small = length is not None and length <= self._inline and not encoded
-        return BodySlot(None if small else self._large)
+        return BodySlot(None if small else self._large, self._large_wait)
 
     async def parse(self, raw: bytes) -> Any:
         """The parsed JSON, after the limits; raises InvalidRequest (or orjson's error)."""

@@ -41,6 +41,20 @@ settings.register_profile(
 )
 settings.load_profile("di")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_forkserver() -> Iterator[None]:
+    """Stop and reap multiprocessing's forkserver after the run.
+
+    The body parser's worker pool starts it, and it outlives every pool: left alone it exits
+    only when this process does, unreaped, so a run would leave a child process behind.
+    """
+    yield
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # type: ignore[attr-defined]
+
+
 FAST = SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=0, output_tokens=8)
 
 

@@ -57,7 +57,8 @@ class FakeUpstream(ServedFake):
     """Answers each POST per ``mode``: ``echo`` (a chat.completion), ``hang``, ``status``."""
 
     mode: str = "echo"
-    stream_style: str = "split"  # or "nospace_done", "truncated", "malformed", "error"
+    # or "nospace_done", "truncated", "malformed", "error", "held" (the rest waits for release)
+    stream_style: str = "split"
     status: int = 500
     error_body: bytes = b'{"error": {"message": "upstream says no", "type": "server_error"}}'
     model: str = "upstream-model"
@@ -205,6 +206,8 @@ class FakeUpstream(ServedFake):
             data = b"data: " + orjson.dumps(chunk) + b"\n\n"
             await response.write(data[:10])
             await response.write(data[10:])
+            if self.stream_style == "held":
+                await self.release.wait()  # the test has seen the first chunk, or never will
         if self.stream_style == "truncated":
             await response.write(b'data: {"id":"chatcmpl-fake","object":"chat.comp')
         elif self.stream_style == "error":  # vLLM's way: an error event, then [DONE]

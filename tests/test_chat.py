@@ -131,11 +131,12 @@ async def test_stream_wire_bytes_end_with_done(stack: Stack) -> None:
 
 
 async def test_async_client_streams(stack: Stack) -> None:
-    client = stack.aclient()
-    stream = await client.chat.completions.create(model="m", messages=user("hello"), stream=True)
-    pieces = [c.choices[0].delta.content async for c in stream if c.choices]
-    assert "".join(p or "" for p in pieces).strip()
-    await client.close()
+    async with stack.aclient() as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=user("hello"), stream=True
+        )
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert "".join(p or "" for p in pieces).strip()
 
 
 def test_tools_route_to_code_and_arguments_validate(stack: Stack) -> None:
@@ -233,19 +234,23 @@ async def test_health_ready_metrics(stack: Stack) -> None:
             assert "di_requests_total" in text and "di_replica_in_flight" in text
 
 
-def test_incremental_streaming_is_not_buffered(make_stack: Any) -> None:
-    slow = make_stack(
-        sim=SimSettings(ttft_ms=0, prefill_ms_per_token=0, itl_ms=40, output_tokens=10)
-    )
-    client = slow.client()
+def test_incremental_streaming_is_not_buffered(make_stack: Any, fake_upstream: Any) -> None:
+    from .conftest import with_replicas
+
+    # The upstream sends one chunk, then holds the rest until the test has read that chunk: a
+    # router that buffered the stream could never hand it over (the client's timeout would end
+    # the test), whatever the machine's speed.
+    fake_upstream.upstream.stream_style = "held"
+    live = make_stack(edit=lambda c: with_replicas(c, "sim-text", [fake_upstream.url]))
+    client = live.client(timeout=30)
     stream = client.chat.completions.create(model="m", messages=user("hi"), stream=True)
-    first = next(iter(stream))
-    assert first.choices
-    # The first chunk reached us while the upstream was still generating the rest.
-    stats = slow.sim_stats("sim-text")
-    assert sum(s["in_flight"] for s in stats.values()) == 1
-    rest = list(stream)
-    assert len(rest) >= 10
+    chunks = iter(stream)
+    first = next(chunks)
+    assert first.choices and first.choices[0].delta.content == "o"
+    assert len(fake_upstream.upstream.received) == 1  # the upstream is still held on chunk one
+    fake_upstream.release()
+    rest = list(chunks)
+    assert [c.choices[0].delta.content for c in rest if c.choices] == ["k"]
 
 
 def test_every_parameter_reaches_the_upstream(make_stack: Any, fake_upstream: Any) -> None:

@@ -38,14 +38,19 @@ def port_of(stack: Stack) -> int:
     return int(stack.base_url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
-    """Status and JSON body of one response, then the connection must be closed."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of one response."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-    body = orjson.loads(await reader.readexactly(length))
+    return status, orjson.loads(await reader.readexactly(length))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of one response, then the connection must be closed."""
+    answer = await read_response(reader)
     assert await reader.read() == b""  # closed by the router
-    return status, body
+    return answer
 
 
 async def chat_ok(base_url: str) -> None:
@@ -92,26 +97,56 @@ async def test_a_stalled_body_gets_408(make_stack: Any) -> None:
 
 async def test_large_bodies_read_at_once_are_bounded(make_stack: Any) -> None:
     def edit(config: RouterConfig) -> RouterConfig:
-        limits = config.server.limits.model_copy(update={"max_large_bodies": 1})
-        server = config.server.model_copy(update={"limits": limits, "body_timeout": 0.5})
+        limits = config.server.limits.model_copy(
+            update={"max_large_bodies": 1, "large_body_wait": 0.3}
+        )
+        server = config.server.model_copy(update={"limits": limits, "body_timeout": 30})
         return config.model_copy(update={"server": server})
 
     live = make_stack(edit=edit)
+    # A valid chat body of exactly 1 MiB: sent in two parts, it stalls after the first.
+    size = 1 << 20
+    prefix = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "'
+    body = prefix + b"x" * (size - len(prefix) - 2) + b'"}'
     head = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1048576\r\nConnection: close\r\n\r\n{"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % size
     )
-    first = await asyncio.open_connection("127.0.0.1", port_of(live))
-    first[1].write(head)  # a large body that stalls, holding the only slot
-    await first[1].drain()
-    second = await asyncio.open_connection("127.0.0.1", port_of(live))
-    second[1].write(head)
-    answers = [await read_answer(first[0]), await read_answer(second[0])]
-    for _, writer in (first, second):
-        writer.close()
-    statuses = sorted((status, body["error"]["code"]) for status, body in answers)
-    assert statuses == [(408, "request_timeout"), (503, "too_many_large_bodies")]
-    await chat_ok(live.base_url)  # the slot is free again; small bodies never needed one
+    connections = [await asyncio.open_connection("127.0.0.1", port_of(live)) for _ in range(2)]
+    answers: list[asyncio.Future[tuple[int, dict[str, Any]]]] = []
+    try:
+        for _, writer in connections:
+            writer.write(head + body[:1])  # both stall: one holds the only slot, one waits
+            await writer.drain()
+        answers += [asyncio.ensure_future(read_response(reader)) for reader, _ in connections]
+        # The holder keeps its slot for its 30 s body_timeout; the other gives up waiting after
+        # large_body_wait (0.3 s) with a 503, whichever of the two the router took up first.
+        done, _ = await asyncio.wait(answers, return_when=asyncio.FIRST_COMPLETED)
+        shed = answers.index(done.pop())
+        status, error = answers[shed].result()
+        assert (status, error["error"]["code"]) == (503, "too_many_large_bodies")
+        assert "server.limits.max_large_bodies" in error["error"]["message"]
+        # The rest of its body is drained and the connection closed (unsent, the router would
+        # linger for it before closing).
+        connections[shed][1].write(body[1:])
+        assert await connections[shed][0].read() == b""
+        holder = connections[1 - shed][1]
+        holder.write(body[1:])  # the holder's body completes, within its own deadline
+        await holder.drain()
+        status, completion = await answers[1 - shed]
+        assert await connections[1 - shed][0].read() == b""
+        assert status == 200 and completion["choices"]
+        # The slot is free again: the next large body is read and served.
+        connections.append(await asyncio.open_connection("127.0.0.1", port_of(live)))
+        connections[-1][1].write(head + body)
+        status, completion = await read_answer(connections[-1][0])
+        assert status == 200 and completion["choices"]
+    finally:
+        for answer in answers:
+            answer.cancel()
+        for _, writer in connections:
+            writer.close()
+    await chat_ok(live.base_url)  # small bodies never needed a slot
 
 
 async def test_idle_keep_alive_connections_are_closed(make_stack: Any) -> None:

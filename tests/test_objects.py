@@ -181,9 +181,8 @@ async def test_concurrent_lists_of_a_large_store_all_answer(
         return config.model_copy(update={"objects": objects})
 
     live = make_stack(edit=edit)
-    sdk = live.aclient()
-    pages = await asyncio.gather(
-        *(sdk.chat.completions.list(limit=50, order="desc") for _ in range(20))
-    )
-    assert all(p.data[0].id == "c02999" and len(p.data) == 50 and p.has_more for p in pages)
-    await sdk.close()
+    async with live.aclient() as sdk:
+        pages = await asyncio.gather(
+            *(sdk.chat.completions.list(limit=50, order="desc") for _ in range(20))
+        )
+        assert all(p.data[0].id == "c02999" and len(p.data) == 50 and p.has_more for p in pages)

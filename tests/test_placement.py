@@ -164,49 +164,48 @@ async def test_a_hot_prefix_spreads_under_load_and_comes_back(make_stack: Any) -
         return config.model_copy(update={"routing": routing})
 
     live: Stack = make_stack(sim=HELD, replicas=3, edit=tight)
-    client = live.aclient()
-    messages: list[Any] = [
-        {
-            "role": "system",
-            "content": [
-                {"type": "text", "text": system_prompt(salt="hot"), "cache_control": EPHEMERAL}
-            ],
-        },
-        {"role": "user", "content": "q"},
-    ]
-    first = await client.chat.completions.with_raw_response.create(
-        model="m", messages=messages, max_tokens=1
-    )
-    warm = first.headers["X-DI-Replica"]
-    held = []
-    seen = []
-    try:
-        for _ in range(4):
-            stream = client.chat.completions.with_streaming_response.create(
-                model="m", messages=messages, stream=True
-            )
-            response = await stream.__aenter__()
-            held.append((stream, response))
-            seen.append((response.headers["X-DI-Replica"], response.headers["X-DI-Cache"]))
-        for _, response in held:
-            async for _ in response.iter_bytes():
-                pass
-    finally:
-        for stream, _ in held:
-            await stream.__aexit__(None, None, None)
-    live.run(wait_idle(live))
-    # Two on the warm replica; the third finds it overloaded and spills onto another replica,
-    # which joins the holders and takes the fourth as a hit.
-    assert seen[0] == (warm, "hit") and seen[1] == (warm, "hit")
-    spill = seen[2][0]
-    assert spill != warm and seen[2][1] == "miss"
-    assert seen[3] == (spill, "hit")
-    # Load gone: the prefix comes back to its first replica.
-    back = await client.chat.completions.with_raw_response.create(
-        model="m", messages=messages, max_tokens=1
-    )
-    assert (back.headers["X-DI-Replica"], back.headers["X-DI-Cache"]) == (warm, "hit")
-    await client.close()
+    async with live.aclient() as client:
+        messages: list[Any] = [
+            {
+                "role": "system",
+                "content": [
+                    {"type": "text", "text": system_prompt(salt="hot"), "cache_control": EPHEMERAL}
+                ],
+            },
+            {"role": "user", "content": "q"},
+        ]
+        first = await client.chat.completions.with_raw_response.create(
+            model="m", messages=messages, max_tokens=1
+        )
+        warm = first.headers["X-DI-Replica"]
+        held = []
+        seen = []
+        try:
+            for _ in range(4):
+                stream = client.chat.completions.with_streaming_response.create(
+                    model="m", messages=messages, stream=True
+                )
+                response = await stream.__aenter__()
+                held.append((stream, response))
+                seen.append((response.headers["X-DI-Replica"], response.headers["X-DI-Cache"]))
+            for _, response in held:
+                async for _ in response.iter_bytes():
+                    pass
+        finally:
+            for stream, _ in held:
+                await stream.__aexit__(None, None, None)
+        live.run(wait_idle(live))
+        # Two on the warm replica; the third finds it overloaded and spills onto another replica,
+        # which joins the holders and takes the fourth as a hit.
+        assert seen[0] == (warm, "hit") and seen[1] == (warm, "hit")
+        spill = seen[2][0]
+        assert spill != warm and seen[2][1] == "miss"
+        assert seen[3] == (spill, "hit")
+        # Load gone: the prefix comes back to its first replica.
+        back = await client.chat.completions.with_raw_response.create(
+            model="m", messages=messages, max_tokens=1
+        )
+        assert (back.headers["X-DI-Replica"], back.headers["X-DI-Cache"]) == (warm, "hit")
 
 
 def test_a_stream_that_breaks_off_costs_the_replica_its_prefixes(make_stack: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -402,11 +403,31 @@ DELTAS = st.lists(
 )
 
 
+@pytest.fixture(scope="module")
+def replay() -> Iterator[tuple[openai.OpenAI, list[bytes]]]:
+    """One SDK client for every example (building one is slow): it replays the frames last put
+    in the list, and is closed after the module."""
+    frames: list[bytes] = []
+
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=b"".join(frames)
+        )
+
+    transport = httpx2.MockTransport(reply)
+    with openai.OpenAI(
+        api_key="test", base_url="http://router/v1", http_client=httpx2.Client(transport=transport)
+    ) as client:
+        yield client, frames
+
+
 # The first SDK client a process builds is slow: no per-example deadline.
 @settings(deadline=None)
 @given(DELTAS, st.sampled_from(["stop", "length", "tool_calls"]))
 def test_any_mix_of_deltas_streams_valid_events(
-    deltas: list[tuple[str | int, str]], finish_reason: str
+    replay: tuple[openai.OpenAI, list[bytes]],
+    deltas: list[tuple[str | int, str]],
+    finish_reason: str,
 ) -> None:
     chunks = []
     arguments: dict[str, str] = {}
@@ -426,7 +447,9 @@ def test_any_mix_of_deltas_streams_valid_events(
         assert last["type"] == "response.incomplete"
         final = Response.model_validate(last["response"])
     else:
-        with sdk_client(frames) as client, client.responses.stream(model="m", input="x") as stream:
+        client, replayed = replay
+        replayed[:] = frames
+        with client.responses.stream(model="m", input="x") as stream:
             final = stream.get_final_response()
     calls = {item.call_id: item.arguments for item in final.output if item.type == "function_call"}
     assert calls == arguments

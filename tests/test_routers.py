@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,13 @@ def routers(
             process.stop()
 
 
-def clients(routers: list[RouterProcess]) -> list[openai.AsyncOpenAI]:
-    return [openai.AsyncOpenAI(base_url=r.base_url, api_key="x", max_retries=0) for r in routers]
+@pytest.fixture
+async def pair(routers: list[RouterProcess]) -> AsyncIterator[list[openai.AsyncOpenAI]]:
+    """One SDK client per router, closed after the test even when an assertion failed."""
+    made = [openai.AsyncOpenAI(base_url=r.base_url, api_key="x", max_retries=0) for r in routers]
+    yield made
+    for client in made:
+        await client.close()
 
 
 def marked(salt: str, question: str) -> list[Any]:
@@ -77,22 +82,18 @@ async def replicas_of(
 
 
 async def test_a_burst_of_first_requests_split_across_routers_lands_on_one_replica(
-    routers: list[RouterProcess],
+    pair: list[openai.AsyncOpenAI],
 ) -> None:
-    pair = clients(routers)
     for salt in ("burst-1", "burst-2", "burst-3"):
         placed = await replicas_of(
             pair, [marked(salt, f"question {i}") for i in range(16)], together=True
         )
         assert len(set(placed)) == 1, placed
-    for client in pair:
-        await client.close()
 
 
 async def test_unmarked_requests_sharing_a_system_prompt_stick_across_routers(
-    routers: list[RouterProcess],
+    pair: list[openai.AsyncOpenAI],
 ) -> None:
-    pair = clients(routers)
     for salt in ("shared-1", "shared-2"):
         messages = [
             [
@@ -102,14 +103,11 @@ async def test_unmarked_requests_sharing_a_system_prompt_stick_across_routers(
             for i in range(8)
         ]
         assert len(set(await replicas_of(pair, messages, together=False))) == 1
-    for client in pair:
-        await client.close()
 
 
 async def test_redis_killed_a_placed_prefix_keeps_its_replica_and_nothing_fails(
-    routers: list[RouterProcess], redis_server: RedisServer
+    pair: list[openai.AsyncOpenAI], redis_server: RedisServer
 ) -> None:
-    pair = clients(routers)
     # Placed through router a only: router b knows it from Redis, or from rendezvous.
     placed = await replicas_of([pair[0], pair[0]], [marked("outage", "first")] * 2, together=False)
     redis_server.stop()
@@ -122,5 +120,3 @@ async def test_redis_killed_a_placed_prefix_keeps_its_replica_and_nothing_fails(
         pair, [marked("outage-new", f"q {i}") for i in range(8)], together=True
     )
     assert len(set(fresh)) == 1
-    for client in pair:
-        await client.close()
