@@ -7,6 +7,7 @@ instead of parsing a header dict back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ class RequestContext:
     tenant: str | None = None
     allowed_types: frozenset[str] | None = None  # None: every type
     allowed_backends: frozenset[str] | None = None  # None: every backend
+    # The per-key limit check under way (governance); dispatch awaits it before sending.
+    admission: asyncio.Future[None] | None = None
     streamed_events: int = 0  # data events relayed: the token estimate when no usage came
     client_gone: bool = False  # the client went away mid-stream
     stored: str | None = None  # store: true outcome, "stored" | "failed"

@@ -10,6 +10,7 @@ written there); each attempt's outcome is reported at one point, ``_report``, wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -178,10 +179,13 @@ class Dispatcher:
         self, ctx: RequestContext, plan: Plan, path: str, payload: bytes
     ) -> AsyncIterator[Routed]:
         """Open the upstream request; the replica counts it in flight until the block exits."""
+        first = await self._admitted(ctx, plan)
 
         async def prepare(pool: Pool) -> Route[Placement]:
             if pool is plan.pool:
-                placement = await self.placer.place(pool, plan.chain)
+                placement = (
+                    await first if first is not None else await self.placer.place(pool, plan.chain)
+                )
                 return Route(pool, placement.ranking.candidates, payload, placement)
             # A fallback pool: no affinity there (the index speaks for the first pool only).
             placement = await self.placer.place(pool, NO_PREFIX)
@@ -224,6 +228,21 @@ class Dispatcher:
                 placement, routed.replica, outcome, ctx.usage.cached_tokens if ctx.usage else None
             )
 
+    async def _admitted(self, ctx: RequestContext, plan: Plan) -> asyncio.Future[Placement] | None:
+        """Wait for the key's limit check, if one is under way, while the primary pool's
+        prefix lookup runs beside it (one round trip of latency for both); a 429 is raised
+        here, before anything is sent. Returns the lookup under way, if any."""
+        admission, ctx.admission = ctx.admission, None
+        if admission is None:
+            return None
+        lookup = asyncio.ensure_future(self.placer.place(plan.pool, plan.chain))
+        try:
+            await admission
+        except BaseException:
+            lookup.add_done_callback(_retrieved)  # the lookup ends on its own; nobody waits
+            raise
+        return lookup
+
     def _fallback_payload(self, pool: Pool, plan: Plan, payload: bytes) -> bytes:
         """A fallback pool gets the first pool's payload with its own model name (or the
         client's, when it names none)."""
@@ -256,6 +275,11 @@ class Dispatcher:
             health.failed(verdict.failure, self._attempts.now(), verdict.retry_after)
         self.placer.report(placement, replica, outcome, cached_tokens)
         return verdict
+
+
+def _retrieved(task: asyncio.Future[Placement]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _verdict_of(outcome: Outcome) -> Verdict:

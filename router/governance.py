@@ -73,9 +73,13 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
     generation = request.method == "POST" and request.path in GENERATION_PATHS
     counters = app[METRICS].tenants
     status = 500
+    if generation and tenant is not None and tenant.limited:
+        # Checked while the body is read and planned; dispatch awaits the verdict together
+        # with the prefix lookup, so a limited key costs no extra round trip of latency.
+        admission = asyncio.ensure_future(_admit(app[LIMITER], counters, ctx, tenant))
+        admission.add_done_callback(_retrieved)  # a request that never dispatches drops it
+        ctx.admission = admission
     try:
-        if generation and tenant is not None and tenant.limited:
-            await _admit(app[LIMITER], counters, ctx, tenant)
         response = await handler(request)
         status = response.status
         return response
@@ -94,6 +98,11 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
             if tenant is not None and tenant.tpm:
                 used = tokens_used(ctx, request.content_length or 0)
                 app[LIMITER].charge(tenant.name, tenant.tpm, used)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a 429 nobody awaited is not an unhandled error
 
 
 async def _admit(
