@@ -11,6 +11,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 
+from router.keys import LIMITER, STORE
 from router.ratelimit import MemoryRateLimiter, RedisRateLimiter, duration
 
 from .conftest import Fake, RedisServer, Stack, free_port, with_replicas
@@ -98,6 +99,47 @@ def test_sdk_raises_rate_limit_error_with_openai_headers(make_stack: Any) -> Non
     assert "team-a" in caught.value.message and KEY not in caught.value.message
     # Reading stored objects is not a model request: not limited.
     assert c.chat.completions.list().data == []
+
+
+def test_the_limit_check_runs_beside_the_prefix_lookup(
+    make_stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit check and the prefix lookup are awaited together: the check here holds until
+    the lookup has started, which only happens if the two overlap (else the check times out
+    and the request fails)."""
+    live: Stack = make_stack(edit=limited(rpm=100))
+    limiter, store = live.app[LIMITER], live.app[STORE]
+    real_admit, real_lookup = limiter.admit, store.lookup
+    state: dict[str, Any] = {}
+
+    def looked_up() -> asyncio.Event:
+        event: asyncio.Event = state.setdefault("looked_up", asyncio.Event())
+        return event
+
+    async def lookup(*args: Any) -> Any:
+        looked_up().set()
+        return await real_lookup(*args)
+
+    async def admit(*args: Any) -> Any:
+        async with asyncio.timeout(10):  # a guard against a hang, not a measurement
+            await looked_up().wait()
+        state["overlapped"] = True
+        return await real_admit(*args)
+
+    monkeypatch.setattr(store, "lookup", lookup)
+    monkeypatch.setattr(limiter, "admit", admit)
+    marked: Any = [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "a stable prompt", "cache_control": {"type": "ephemeral"}}
+            ],
+        },
+        {"role": "user", "content": "hi"},
+    ]
+    raw = client(live, KEY).chat.completions.with_raw_response.create(model="m", messages=marked)
+    assert raw.parse().choices and state.get("overlapped") is True
+    assert raw.headers["x-ratelimit-remaining-requests"] == "99"
 
 
 def test_sdk_waits_and_retries_by_itself(make_stack: Any) -> None:
