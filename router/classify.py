@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from router.survey import Survey, survey_of
+
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
 # Chat ``file`` parts, Responses ``input_file`` and Anthropic ``document`` blocks.
 DOCUMENT_PART_TYPES = frozenset({"file", "input_file", "document"})
@@ -32,14 +34,19 @@ class RequestType(StrEnum):
 
 
 def classify(
-    body: dict[str, Any], *, documents: bool = False, long_threshold: int | None = None
+    body: dict[str, Any],
+    *,
+    documents: bool = False,
+    long_threshold: int | None = None,
+    surveyed: Survey | None = None,
 ) -> RequestType:
     """Classify a (validated) Chat Completions body.
 
     ``documents`` enables the ``document`` type; ``long_threshold`` (estimated input tokens)
-    enables ``long``.
+    enables ``long``. ``surveyed``: the survey of the messages, if at hand.
     """
-    document, image, tool_turn = _scan(body.get("messages") or ())
+    # A plain turn has no parts and is not a tool turn: only the others can say otherwise.
+    document, image, tool_turn = _scan(survey_of(body, surveyed).other_messages())
     if documents and document:
         return RequestType.DOCUMENT
     if image:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from router.survey import Survey
 from router.usage import Usage
 
 EXPOSED_HEADERS = (
@@ -71,6 +72,9 @@ class RequestContext:
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
     # What operations (metrics, access log, traces) read; never parsed back from headers.
     model: str | None = None  # the model id the client asked for
+    # The body parser's survey of the request's messages (router.survey): validation,
+    # classification and the marker search read only the turns it did not find plain.
+    survey: Survey | None = None
     ttft_ms: float | None = None  # until the first body byte was handed to the client
     usage: Usage | None = None  # the backend's own token counts, when it reported them
     error: str | None = None  # what went wrong, for the dashboard's recent errors (no secrets)

@@ -33,6 +33,7 @@ from router.placement import Outcome, Placement, Placer
 from router.prefix import Markers, find_markers, strip_cache_control
 from router.retry import Attempts, Route, Verdict, end
 from router.store import PrefixStore
+from router.survey import survey_of
 from router.tenants import cache_salt, cache_scope, check_route, scoped_namespace
 from router.upstream import DEFAULT_MAX_BODY, Disconnected, Unreachable
 
@@ -109,7 +110,10 @@ class Dispatcher:
         ``raw``, the body's bytes when it came as is, lets unmarked requests skip the marker
         walk when automatic prefixes are off: without the key's bytes there is no marker.
         """
-        request_type = classify(chat_body, documents=self._documents, long_threshold=self._long)
+        surveyed = survey_of(chat_body, ctx.survey)
+        request_type = classify(
+            chat_body, documents=self._documents, long_threshold=self._long, surveyed=surveyed
+        )
         ctx.request_type = request_type.value
         # The pools for (type, effort): `code@high` when configured, else `code`; then fallbacks.
         pool, *fallbacks = self._pools(request_type, ctx.effort)
@@ -123,7 +127,7 @@ class Dispatcher:
         model = model if isinstance(model, str) else None
         chain, markers = NO_PREFIX, None
         if automatic or raw is None or b'"cache_control"' in raw:
-            found = find_markers(chat_body)
+            found = find_markers(chat_body, surveyed)
             markers = found if found.keys else None
             chain = build_chain(
                 chat_body,
@@ -171,7 +175,7 @@ class Dispatcher:
         if changed is body and raw is not None and not strip:
             return raw
         if strip:
-            changed = strip_cache_control(changed)
+            changed = strip_cache_control(changed, plan.markers)
         return orjson.dumps(changed)
 
     @asynccontextmanager

@@ -19,8 +19,10 @@ router re-encodes parts of the body (prefix hashing, ``cache_control`` stripping
 objects, Responses translation). A depth limit well below 254 keeps every re-encoding possible,
 so nothing the upstream has already answered can be lost to an encoding error.
 
-The measuring pass walks the body level by level with C-level iterators (``map``, ``compress``,
-``chain``), so its Python overhead is per nesting level, not per value.
+The measuring pass walks the body level by level, a plain loop over each level's values (it
+measured faster than C-level ``map``/``compress`` pipelines, which cost ~10 µs per level
+whatever its size), and stops as soon as the values seen and those waiting on the next level
+pass ``max_json_values``. A chat body's plain turns (``router.survey``) are counted, not walked.
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
-from operator import is_
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from router.errors import InvalidRequest
+from router.survey import EMPTY, PLAIN_KEYS, PLAIN_VALUES, Survey, survey
 
 if TYPE_CHECKING:
     from router.config import LimitsConfig
@@ -69,6 +70,13 @@ class Limits(NamedTuple):
         )
 
 
+class Parsed(NamedTuple):
+    """A parsed body and the survey of its ``messages`` (for the checks that read them next)."""
+
+    body: Any
+    survey: Survey
+
+
 @dataclass(frozen=True, slots=True)
 class Breach:
     """One limit a body exceeds: the message and the ``param`` of the 400."""
@@ -93,18 +101,26 @@ def loads(raw: bytes) -> Any:
 
 
 def check(
-    body: dict[str, Any], limits: Limits, *, hashing: bool, raw: bytes | None = None
+    body: dict[str, Any],
+    limits: Limits,
+    *,
+    hashing: bool,
+    raw: bytes | None = None,
+    surveyed: Survey | None = None,
 ) -> Breach | None:
     """The first limit ``body`` exceeds, or None. ``hashing``: the body carries
     ``cache_control`` markers, so the router will hash its strings. ``raw``, the bytes it was
-    parsed from, lets a small body skip the walk when its size alone rules a breach out."""
-    breach = _counts(body, limits)
+    parsed from, lets a small body skip the walk when its size alone rules a breach out.
+    ``surveyed``: the survey of ``body['messages']``, if taken already; plain turns are
+    counted, not walked."""
+    found = surveyed if surveyed is not None else survey(body.get("messages"))
+    breach = _counts(body, limits, found)
     if breach is None and (raw is None or not _within_by_size(raw, limits, hashing=hashing)):
         # No string holds more characters than its JSON has bytes: a body no longer than
         # max_hashed_string needs no look at its strings' lengths, only at depth and count.
         if raw is not None and len(raw) <= limits.max_hashed_string:
             hashing = False
-        breach = _shape(body, limits, hashing=hashing)
+        breach = _shape(body, limits, hashing=hashing, surveyed=found)
     return breach
 
 
@@ -120,12 +136,14 @@ def _within_by_size(raw: bytes, limits: Limits, *, hashing: bool) -> bool:
     )
 
 
-def _counts(body: dict[str, Any], limits: Limits) -> Breach | None:
+def _counts(body: dict[str, Any], limits: Limits, surveyed: Survey) -> Breach | None:
     for name in ("messages", "input"):
         items = body.get(name)
         if isinstance(items, list):
             if len(items) > limits.max_messages:
                 return _breach(name, len(items), limits.max_messages, "max_messages", "items")
+            if items is surveyed.messages:
+                items = surveyed.other_messages()  # a plain turn has no parts
             parts = sum(
                 len(content)
                 for item in items
@@ -150,42 +168,66 @@ def _breach(param: str, found: int, limit: int, key: str, what: str) -> Breach:
     )
 
 
-def _shape(body: Any, limits: Limits, *, hashing: bool) -> Breach | None:
-    """Depth, value count and longest string in one breadth-first pass."""
-    level: list[Any] = [body]
+def _shape(body: Any, limits: Limits, *, hashing: bool, surveyed: Survey) -> Breach | None:
+    """Depth, value count and longest string in one breadth-first pass; the plain turns of
+    ``surveyed`` are counted, not walked (each is the same five values, three levels down)."""
     depth = values = longest = 0
+    if surveyed.plain and isinstance(body, dict) and body.get("messages") is surveyed.messages:
+        body = {**body, "messages": surveyed.other_messages()}
+        values = PLAIN_VALUES * surveyed.plain
+        depth = 4  # the body, its messages, a turn, the turn's strings
+        if hashing:
+            longest = max(map(len, [*surveyed.plain_contents(), *PLAIN_KEYS]))
+    breach = _walk(body, limits, hashing=hashing, values=values, longest=longest)
+    if breach is None and depth > limits.max_depth:
+        breach = _too_deep(limits)
+    return breach
+
+
+def _walk(body: Any, limits: Limits, *, hashing: bool, values: int, longest: int) -> Breach | None:
+    level: list[Any] = [body]
+    depth = 0
+    most = limits.max_json_values
     while level:
         depth += 1
         if depth > limits.max_depth:
+            return _too_deep(limits)
+        values += len(level)
+        below: list[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind is dict:
+                values += len(item)
+                below.extend(item.values())
+                if hashing:
+                    longest = max(longest, max(map(len, item), default=0))
+            elif kind is list:
+                below.extend(item)
+            elif kind is str and hashing:
+                longest = max(longest, len(item))
+            if values + len(below) > most:
+                break  # the next level alone is over the limit: stop reading this one
+        if values + len(below) > most:
             return Breach(
-                f"The body is nested deeper than {limits.max_depth} levels "
-                "(server.limits.max_depth).",
-                None,
-            )
-        types = list(map(type, level))
-        dicts: list[dict[str, Any]] = list(compress(level, map(is_, types, repeat(dict))))
-        lists: list[list[Any]] = list(compress(level, map(is_, types, repeat(list))))
-        strings: list[str] = list(compress(level, map(is_, types, repeat(str))))
-        values += len(level) + sum(map(len, dicts))
-        if values > limits.max_json_values:
-            return Breach(
-                f"The body holds more than {limits.max_json_values} JSON values and keys "
+                f"The body holds more than {most} JSON values and keys "
                 "(server.limits.max_json_values).",
                 None,
             )
-        if hashing:
-            keys = chain.from_iterable(dicts)
-            longest = max(longest, max(map(len, chain(strings, keys)), default=0))
-            if longest > limits.max_hashed_string:
-                return Breach(
-                    f"A prompt-cached body may not hold a string longer than "
-                    f"{limits.max_hashed_string} characters (server.limits.max_hashed_string).",
-                    None,
-                )
-        level = list(
-            chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists))
-        )
+        if longest > limits.max_hashed_string:
+            return Breach(
+                f"A prompt-cached body may not hold a string longer than "
+                f"{limits.max_hashed_string} characters (server.limits.max_hashed_string).",
+                None,
+            )
+        level = below
     return None
+
+
+def _too_deep(limits: Limits) -> Breach:
+    return Breach(
+        f"The body is nested deeper than {limits.max_depth} levels (server.limits.max_depth).",
+        None,
+    )
 
 
 def _precheck(raw: bytes, limits: Limits) -> Breach | str | None:
@@ -252,7 +294,7 @@ class BodyParser:
         small = length is not None and length <= self._inline and not encoded
         return BodySlot(None if small else self._large, self._large_wait)
 
-    async def parse(self, raw: bytes) -> Any:
+    async def parse(self, raw: bytes) -> Parsed:
         """The parsed JSON, after the limits; raises InvalidRequest (or orjson's error)."""
         if len(raw) > self._inline:
             verdict = await self._precheck(raw)
@@ -261,14 +303,16 @@ class BodyParser:
             if verdict is not None:
                 raise orjson.JSONDecodeError("not json", "", 0)
         body = loads(raw)
-        if isinstance(body, dict):
-            # Whether the body is prompt-cached matters only for a body longer than the
-            # longest string allowed (see check); the search costs a scan of an unmarked body.
-            hashing = len(raw) > self.limits.max_hashed_string and b'"cache_control"' in raw
-            breach = check(body, self.limits, hashing=hashing, raw=raw)
-            if breach is not None:
-                raise breach.error()
-        return body
+        if not isinstance(body, dict):
+            return Parsed(body, EMPTY)
+        found = survey(body.get("messages"))
+        # Whether the body is prompt-cached matters only for a body longer than the
+        # longest string allowed (see check); the search costs a scan of an unmarked body.
+        hashing = len(raw) > self.limits.max_hashed_string and b'"cache_control"' in raw
+        breach = check(body, self.limits, hashing=hashing, raw=raw, surveyed=found)
+        if breach is not None:
+            raise breach.error()
+        return Parsed(body, found)
 
     async def _precheck(self, raw: bytes) -> Breach | str | None:
         loop = asyncio.get_running_loop()

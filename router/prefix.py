@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.errors import InvalidRequest
+from router.survey import Survey, survey_of
 
 MAX_BREAKPOINTS = 4
 TTL_SECONDS = {"5m": 300, "1h": 3600}
@@ -36,10 +37,12 @@ class Markers:
     blocks: int  # how many blocks the prompt has
     keys: int  # cache_control keys at the places the router reads (null ones included)
     top_level: Any  # the request's own cache_control (automatic mode), if any
+    messages: tuple[int, ...] = ()  # the messages holding a key (on them or on a part)
 
 
-def find_markers(body: dict[str, Any]) -> Markers:
-    """Walk tools and messages once, counting blocks and noting markers; linear and cheap."""
+def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Markers:
+    """Walk tools and the messages that are not plain once, counting blocks and noting
+    markers; linear and cheap. ``surveyed``: the survey of the messages, if at hand."""
     at: dict[int, tuple[Any, str]] = {}
     keys = 0
     block = 0
@@ -51,24 +54,33 @@ def find_markers(body: dict[str, Any]) -> Markers:
                 if tool["cache_control"] is not None:
                     at[block] = (tool["cache_control"], f"tools[{i}].cache_control")
             block += 1
-    messages = body.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else ()):
-        if isinstance(message, dict):
-            if (
-                isinstance(message.get("content"), str)
-                and "cache_control" not in message
-                and not message.get("tool_calls")
-                and not message.get("function_call")
-            ):
-                block += 1  # the usual turn: one text block, no marker
-                continue
-            count, found = _message_markers(i, message, block, at)
-            block += count
-            keys += found
+    found = survey_of(body, surveyed)
+    messages = found.messages
+    # Every message is one block unless it is one of the others: message i starts at block
+    # `block + i + shift`, where shift sums what the earlier others add beyond one block.
+    shift = 0
+    holders: list[int] = []
+    for i in found.others:
+        message = messages[i]
+        if not isinstance(message, dict):
+            shift -= 1  # not a message: no block at all
+        elif (
+            isinstance(message.get("content"), str)
+            and "cache_control" not in message
+            and not message.get("tool_calls")
+            and not message.get("function_call")
+        ):
+            continue  # a turn with extra fields (name, tool_call_id): one block, no marker
+        else:
+            count, held = _message_markers(i, message, block + i + shift, at)
+            shift += count - 1
+            if held:
+                keys += held
+                holders.append(i)
     top_level = body.get("cache_control")
     if "cache_control" in body:
         keys += 1
-    return Markers(at, block, keys, top_level)
+    return Markers(at, block + len(messages) + shift, keys, top_level, tuple(holders))
 
 
 def _message_markers(
@@ -133,13 +145,23 @@ def marked_ttls(markers: Markers) -> dict[int, int]:
     return ttls
 
 
-def strip_cache_control(body: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``body`` without any ``cache_control`` (the input is not modified)."""
+def strip_cache_control(body: dict[str, Any], markers: Markers | None = None) -> dict[str, Any]:
+    """A copy of ``body`` without any ``cache_control`` (the input is not modified).
+
+    ``markers``, from ``find_markers(body)``, says which messages hold one: only those are
+    copied (a long conversation with a marked system prompt copies one message, not all).
+    """
     stripped = {k: v for k, v in body.items() if k != "cache_control"}
     if isinstance(tools := body.get("tools"), list):
         stripped["tools"] = [_without_marker(t) for t in tools]
     if isinstance(messages := body.get("messages"), list):
-        stripped["messages"] = [_strip_message(m) for m in messages]
+        if markers is None:
+            stripped["messages"] = [_strip_message(m) for m in messages]
+        elif markers.messages:
+            copied = list(messages)
+            for i in markers.messages:
+                copied[i] = _strip_message(copied[i])
+            stripped["messages"] = copied
     return stripped
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from router.errors import InvalidRequest
+from router.survey import Survey, survey_of
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-def check_chat(body: dict[str, Any]) -> None:
-    """Validate a Chat Completions body; raise InvalidRequest naming the first bad ``param``."""
+def check_chat(body: dict[str, Any], surveyed: Survey | None = None) -> None:
+    """Validate a Chat Completions body; raise InvalidRequest naming the first bad ``param``.
+
+    ``surveyed``: the body parser's survey of the messages, if at hand (see ``survey_of``).
+    """
     check_model(body)
     messages = body.get("messages")
     if messages is None:
@@ -24,16 +28,11 @@ def check_chat(body: dict[str, Any]) -> None:
         raise InvalidRequest("'messages' must be an array of message objects.", param="messages")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    for i, message in enumerate(messages):
-        # The common message (a known role, string content) needs no more; the full check,
-        # with its error paths, runs for the others. Keeps a long conversation cheap.
-        if not (
-            type(message) is dict
-            and type(role := message.get("role")) is str
-            and role in CHAT_ROLES
-            and type(message.get("content")) is str
-        ):
-            _check_message(message, f"messages[{i}]")
+    found = survey_of(body, surveyed)
+    # A plain turn (a known role and a string) is valid as it is; the others get the full
+    # check with its error paths.
+    for i in found.others:
+        _check_message(messages[i], f"messages[{i}]")
     for name in ("tools", "functions"):
         value = body.get(name)
         if value is not None and not (
@@ -42,10 +41,10 @@ def check_chat(body: dict[str, Any]) -> None:
             raise InvalidRequest(f"'{name}' must be an array of objects.", param=name)
     _check_response_format(body.get("response_format"))
     check_sampling(body)
-    check_cache_markers(body)
+    check_cache_markers(body, found)
 
 
-def check_cache_markers(body: dict[str, Any]) -> None:
+def check_cache_markers(body: dict[str, Any], surveyed: Survey | None = None) -> None:
     """``cache_control`` markers must be objects with string fields, wherever they sit.
 
     Their values are checked where breakpoints are found; this only makes sure that check
@@ -56,8 +55,10 @@ def check_cache_markers(body: dict[str, Any]) -> None:
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         if isinstance(tool, dict):
             _check_marker(tool.get("cache_control"), f"tools[{i}].cache_control")
-    messages = body.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+    found = survey_of(body, surveyed)
+    messages = found.messages
+    for i in found.others:  # a plain turn has no marker
+        message = messages[i]
         if not isinstance(message, dict):
             continue
         # Each param is formatted only for a marker that is there (most messages have none).

@@ -15,7 +15,7 @@ from router.validate import check_chat
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     body, raw = await read_json(request)
-    check_chat(body)
+    check_chat(body, ctx.survey)
     ctx.effort = effort.resolve(request.headers, request.query, body)
     dispatcher = request.app[DISPATCHER]
     plan = dispatcher.plan(body, ctx, raw)

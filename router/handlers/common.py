@@ -63,16 +63,18 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
         )
     raw = await read_body_bytes(request)
     try:
-        body = await request.app[BODY_PARSER].parse(raw)
+        body, found = await request.app[BODY_PARSER].parse(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send a JSON object."
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    ctx = context(request)
+    ctx.survey = found
     model = body.get("model")
     if isinstance(model, str):
-        context(request).model = model
+        ctx.model = model
     return body, raw
 
 
