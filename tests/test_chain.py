@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.chain import LOOKBACK_BLOCKS, build_chain
 
@@ -91,3 +93,28 @@ def test_requests_sharing_a_system_prompt_share_their_placement_key() -> None:
     b = conversation(3, "none")
     assert build_chain(a, NS).placement_key == build_chain(b, NS).placement_key
     assert build_chain(a, NS).records[-1].key != build_chain(b, NS).records[-1].key
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(max_size=300), min_size=1, max_size=40),
+    st.integers(0, 200),
+    st.data(),
+)
+def test_automatic_keys_are_the_keys_of_the_shorter_conversations(
+    contents: list[str], minimum: int, data: st.DataObject
+) -> None:
+    """Every automatic lookup is the whole-prompt key of the conversation cut at that
+    boundary, and the boundaries are the first eligible one and the last twenty."""
+    messages = [{"role": "user", "content": c} for c in contents]
+    body = {"model": "m", "messages": messages}
+    chain = build_chain(body, NS, automatic_min_tokens=minimum)
+    whole_keys = [
+        build_chain({**body, "messages": messages[:cut]}, NS, automatic_min_tokens=0).lookups
+        for cut in range(1, len(messages) + 1)
+    ]
+    wanted = [(i, keys[-1]) for i, keys in enumerate(whole_keys) if keys[-1].tokens >= minimum]
+    tail = [(i, p) for i, p in wanted if i >= len(messages) - LOOKBACK_BLOCKS]
+    expected = ([wanted[0]] if wanted and wanted[0] not in tail else []) + tail
+    assert [p.key for p in chain.lookups] == [p.key for _, p in expected]
+    assert [p.tokens for p in chain.lookups] == sorted(p.tokens for p in chain.lookups)
