@@ -25,12 +25,11 @@ from router.chain import NO_PREFIX, PrefixChain, build_chain
 from router.classify import RequestType, classify
 from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
-from router.effort import backend_value
 from router.errors import UpstreamError, UpstreamTimeout
 from router.health import Failure
 from router.picker import Picker
 from router.placement import Outcome, Placement, Placer
-from router.prefix import Markers, find_markers, strip_cache_control
+from router.prefix import Markers, find_markers
 from router.retry import Attempts, Route, Verdict, end
 from router.store import PrefixStore
 from router.survey import survey_of
@@ -156,27 +155,6 @@ class Dispatcher:
     def _namespace(backend: BackendConfig, chat_body: dict[str, Any]) -> str:
         """Prefix keys of one pool and upstream model never meet another's."""
         return f"{backend.name}\x00{backend.model or chat_body.get('model')}"
-
-    def payload(self, body: dict[str, Any], raw: bytes | None, plan: Plan) -> bytes:
-        """The bytes to send upstream: the client's body, changed only where the backend says."""
-        backend = plan.backend
-        changed = body
-        if backend.model and body.get("model") != backend.model:
-            changed = {**changed, "model": backend.model}
-        strip = plan.markers is not None and not backend.forward_cache_control
-        key = plan.prompt_cache_key
-        if backend.prompt_cache_key and key and "prompt_cache_key" not in body:
-            changed = {**changed, "prompt_cache_key": key}
-        if plan.cache_salt is not None:  # the router's, never the client's: tenants stay apart
-            changed = {**changed, "cache_salt": plan.cache_salt}
-        effort = backend_value(plan.effort, backend.reasoning_efforts)
-        if effort is not None and body.get("reasoning_effort") != effort:
-            changed = {**changed, "reasoning_effort": effort}
-        if changed is body and raw is not None and not strip:
-            return raw
-        if strip:
-            changed = strip_cache_control(changed, plan.markers)
-        return orjson.dumps(changed)
 
     @asynccontextmanager
     async def dispatch(

@@ -22,7 +22,6 @@ from router.anthropic import (
     chat_to_message,
     estimate_input_tokens,
     request_to_chat,
-    strip_markers,
 )
 from router.context import RequestContext
 from router.dispatch import Plan
@@ -35,6 +34,7 @@ from router.handlers.common import (
 )
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
+from router.rewrite import MESSAGES, upstream_body
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:
@@ -78,25 +78,13 @@ async def _via_messages_backend(
 ) -> web.StreamResponse:
     """The backend speaks Messages itself: pass the client's body through."""
     dispatcher = request.app[DISPATCHER]
-    async with dispatcher.dispatch(ctx, plan, "/messages", _passthrough(body, raw, plan)) as routed:
+    async with dispatcher.dispatch(
+        ctx, plan, "/messages", upstream_body(body, raw, plan, MESSAGES)
+    ) as routed:
         if body.get("stream"):
             return await relay_sse(request, routed, ctx, body["model"], ends=messages_stream_end)
         response, _ = await relay_json(routed, ctx, body["model"])
         return response
-
-
-def _passthrough(body: dict[str, Any], raw: bytes, plan: Plan) -> bytes:
-    """The client's bytes, unless the backend's model, cache_control or cache_salt setting
-    changes them."""
-    backend = plan.backend
-    out = body
-    if backend.model and body.get("model") != backend.model:
-        out = {**out, "model": backend.model}
-    if plan.marked and not backend.forward_cache_control:
-        out = strip_markers(out)
-    if plan.cache_salt is not None:  # the router's, never the client's: tenants stay apart
-        out = {**out, "cache_salt": plan.cache_salt}
-    return raw if out is body else orjson.dumps(out)
 
 
 async def _via_chat_backend(
@@ -110,7 +98,7 @@ async def _via_chat_backend(
     dispatcher = request.app[DISPATCHER]
     message_id = f"msg_{uuid.uuid4().hex}"
     stops = chat.get("stop") or ()
-    payload = dispatcher.payload(chat, None, plan)
+    payload = upstream_body(chat, None, plan)
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
         if body.get("stream"):
             events = ChatToMessageEvents(

@@ -32,7 +32,6 @@ from router.handlers.stored_chat import put_or_warn, tell_stream
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER, OBJECTS
 from router.objects import ObjectStore
-from router.prefix import strip_cache_control
 from router.responses import (
     ChatToResponseEvents,
     ResponsesInputError,
@@ -42,6 +41,7 @@ from router.responses import (
     request_to_chat,
     response_to_history,
 )
+from router.rewrite import RESPONSES, upstream_body
 from router.tenants import owner
 from router.validate import check_cache_markers, check_model
 
@@ -50,7 +50,7 @@ KIND = "response"
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    body, _raw = await read_json(request)
+    body, raw = await read_json(request)
     check_model(body)
     if "input" not in body:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
@@ -61,7 +61,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     check_cache_markers(chat)
     plan = request.app[DISPATCHER].plan(chat, ctx)
     if plan.backend.api == "responses":
-        return await _via_responses_backend(request, ctx, body, chat, plan)
+        return await _via_responses_backend(request, ctx, body, raw, chat, plan)
     return await _via_chat_backend(request, ctx, body, chat, plan)
 
 
@@ -69,12 +69,13 @@ async def _via_responses_backend(
     request: web.Request,
     ctx: RequestContext,
     body: dict[str, Any],
+    raw: bytes,
     chat: dict[str, Any],
     plan: Plan,
 ) -> web.StreamResponse:
     """The backend speaks the Responses API itself: pass the body through, keep a copy."""
     objects = request.app[OBJECTS]
-    payload = _passthrough_payload(body, plan)
+    payload = upstream_body(body, raw, plan, RESPONSES)
     final = FinalResponse()
     data = b""
     async with request.app[DISPATCHER].dispatch(ctx, plan, "/responses", payload) as routed:
@@ -106,7 +107,7 @@ async def _via_chat_backend(
     dispatcher = request.app[DISPATCHER]
     response_id = f"resp_{uuid.uuid4().hex}"
     created_at = int(time.time())
-    payload = dispatcher.payload(chat, None, plan)
+    payload = upstream_body(chat, None, plan)
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
         if body.get("stream"):
             events = ChatToResponseEvents(
@@ -216,33 +217,6 @@ class FinalResponse:
             return
         if isinstance(parsed, dict) and isinstance(parsed.get("response"), dict):
             self.response = parsed["response"]
-
-
-def _passthrough_payload(body: dict[str, Any], plan: Plan) -> bytes:
-    """The client's Responses body for a ``responses`` backend, changed as a chat body would be."""
-    backend = plan.backend
-    out = body
-    if backend.model:
-        out = {**out, "model": backend.model}
-    if plan.marked and not backend.forward_cache_control:
-        # Input items have the shape of chat messages: markers sit where they would in chat.
-        items = out.get("input")
-        out = strip_cache_control({**out, "messages": items if isinstance(items, list) else []})
-        if isinstance(items, list):
-            out["input"] = out["messages"]
-        del out["messages"]
-    if backend.prompt_cache_key and plan.prompt_cache_key and "prompt_cache_key" not in body:
-        out = {**out, "prompt_cache_key": plan.prompt_cache_key}
-    if plan.cache_salt is not None:
-        out = {**out, "cache_salt": plan.cache_salt}
-    level = effort.backend_value(plan.effort, backend.reasoning_efforts)
-    if level is not None:
-        reasoning = out.get("reasoning")
-        out = {
-            **out,
-            "reasoning": {**(reasoning if isinstance(reasoning, dict) else {}), "effort": level},
-        }
-    return orjson.dumps(out)
 
 
 async def _save(
