@@ -131,6 +131,10 @@ class BackendConfig(_Frozen):
     prompt_cache_key: bool = False
     # Send vLLM's ``cache_salt`` derived from the tenant, so tenants never share KV blocks.
     cache_salt: bool = False
+    # A Messages request whose last turn is the assistant's (Anthropic's "prefill") asks the
+    # model to continue that text. vLLM and SGLang do so with ``continue_final_message``;
+    # without it a chat backend starts a new turn after the prefill.
+    continue_final_message: bool = False
     cache: BackendCacheConfig = BackendCacheConfig()
     # Whether the backend takes OpenAI's ``reasoning_effort``: ``true`` for low/medium/high
     # (what OpenAI, vLLM and SGLang all accept), or the list of values it accepts.

@@ -5,8 +5,10 @@ through to a backend speaking that API); a ``Shape`` says where a surface keeps 
 may change. The changes, each only when configured: the backend's ``model``; ``cache_control``
 stripped (unless ``forward_cache_control``); OpenAI's ``prompt_cache_key`` set to the request's
 placement key; vLLM's ``cache_salt`` set to the tenant's (always the router's, never the
-client's, so tenants never share KV); the effort level in the surface's own field. A body that
-needs none of these goes upstream as the very bytes the client sent.
+client's, so tenants never share KV); the effort level in the surface's own field; and, for a
+Messages request ending in an assistant prefill sent to a chat backend, vLLM's
+``continue_final_message``. A body that needs none of these goes upstream as the very bytes the
+client sent.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Shape:
     # The body with the backend's effort level set; None: the surface has no field for it.
     set_effort: Callable[[Body, str], Body] | None
     prompt_cache_key: bool  # the surface's API takes OpenAI's prompt_cache_key
+    # A final assistant turn is text to continue (a chat body translated from Messages).
+    continues_prefill: bool = False
 
 
 def _set_reasoning_effort(body: Body, level: str) -> Body:
@@ -66,6 +70,10 @@ RESPONSES = Shape(_strip_input, _set_nested_effort, prompt_cache_key=True)
 # Anthropic's effort levels are not OpenAI's reasoning_effort values: a Messages body keeps
 # the client's own setting.
 MESSAGES = Shape(lambda body, _markers: strip_markers(body), None, prompt_cache_key=False)
+# The chat body translated from a Messages request, for a chat backend.
+CHAT_FROM_MESSAGES = Shape(
+    strip_cache_control, _set_reasoning_effort, prompt_cache_key=True, continues_prefill=True
+)
 
 
 def upstream_body(body: Body, raw: bytes | None, plan: Plan, shape: Shape = CHAT) -> bytes:
@@ -89,6 +97,18 @@ def upstream_body(body: Body, raw: bytes | None, plan: Plan, shape: Shape = CHAT
         out = shape.set_effort(out, level)
     if plan.markers is not None and not backend.forward_cache_control:
         out = shape.strip(out, plan.markers)
+    if shape.continues_prefill and backend.continue_final_message and _ends_with_prefill(out):
+        # vLLM refuses continue_final_message beside its default add_generation_prompt.
+        out = {**out, "continue_final_message": True, "add_generation_prompt": False}
     if out is body and raw is not None:
         return raw
     return orjson.dumps(out)
+
+
+def _ends_with_prefill(body: Body) -> bool:
+    messages = body.get("messages")
+    return bool(messages) and isinstance(messages, list) and _role(messages[-1]) == "assistant"
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, dict) else None

@@ -356,3 +356,47 @@ def test_tokens_through_a_chat_backend_are_counted(stack: Stack, stream: bool) -
         if sample.name == "di_tenant_tokens_total" and sample.labels["app"] == title
     }
     assert tokens["completion"] == 6
+
+
+PREFILL: Any = [
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "The colour is"},
+]
+
+
+def continuing(config: RouterConfig) -> RouterConfig:
+    backends = [b.model_copy(update={"continue_final_message": True}) for b in config.backends]
+    return config.model_copy(update={"backends": backends})
+
+
+def test_a_prefill_is_continued_on_chat_backends_that_can(make_stack: Any) -> None:
+    """The simulator checks the request as vLLM does: continuing needs the final message to
+    be the assistant's and add_generation_prompt off, or it answers 400."""
+    stack = make_stack(edit=continuing)
+    with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as live:
+        message = live.messages.create(model="m", max_tokens=8, messages=PREFILL)
+        answer = live.messages.create(model="m", max_tokens=8, messages=USER)
+    assert message.stop_reason in ("end_turn", "max_tokens") and message.content
+    assert answer.content  # no prefill: nothing to continue, nothing added
+
+
+def test_the_continuation_fields_go_only_where_configured(
+    make_stack: Any, fake_upstream: Any
+) -> None:
+    from .conftest import with_replicas
+
+    def edit(continues: bool) -> Any:
+        return lambda config: with_replicas(
+            config, "sim-text", [fake_upstream.url], continue_final_message=continues
+        )
+
+    for continues in (True, False):
+        stack = make_stack(edit=edit(continues))
+        with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as live:
+            live.messages.create(model="m", max_tokens=8, messages=PREFILL)
+        sent = fake_upstream.upstream.received[-1].body
+        assert sent["messages"][-1] == {"role": "assistant", "content": "The colour is"}
+        assert sent.get("continue_final_message") is (True if continues else None)
+        assert sent.get("add_generation_prompt") is (False if continues else None)
+    stack.client().chat.completions.create(model="m", messages=PREFILL)
+    assert "continue_final_message" not in fake_upstream.upstream.received[-1].body

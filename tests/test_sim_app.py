@@ -409,6 +409,21 @@ async def _error(client: Client, method: str, path: str, data: bytes = b"") -> t
         ("/v1/chat/completions", orjson.dumps({"model": "m"}), "messages"),
         ("/v1/chat/completions", orjson.dumps({"messages": [{"role": "user"}]}), "model"),
         ("/v1/chat/completions", orjson.dumps(chat_body(n=0)), "n"),
+        # vLLM's prefill continuation: never beside add_generation_prompt, only after the
+        # assistant's own turn.
+        ("/v1/chat/completions", orjson.dumps(chat_body(continue_final_message=True)), None),
+        (
+            "/v1/chat/completions",
+            orjson.dumps(
+                {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                }
+            ),
+            None,
+        ),
         ("/v1/completions", orjson.dumps({"model": "m"}), "prompt"),
     ],
 )

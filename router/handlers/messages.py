@@ -34,7 +34,7 @@ from router.handlers.common import (
 )
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
-from router.rewrite import MESSAGES, upstream_body
+from router.rewrite import CHAT_FROM_MESSAGES, MESSAGES, upstream_body
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:
@@ -98,7 +98,7 @@ async def _via_chat_backend(
     dispatcher = request.app[DISPATCHER]
     message_id = f"msg_{uuid.uuid4().hex}"
     stops = chat.get("stop") or ()
-    payload = upstream_body(chat, None, plan)
+    payload = upstream_body(chat, None, plan, CHAT_FROM_MESSAGES)
     async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
         if body.get("stream"):
             events = ChatToMessageEvents(

@@ -73,11 +73,24 @@ class ChatRequest(GenerationRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    # vLLM's prefill continuation: the final (assistant) message is continued, not closed.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: logprobs must be true when top_logprobs is used")
+        return self
+
+    @model_validator(mode="after")
+    def _continuation_as_vllm_takes_it(self) -> ChatRequest:
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError(
+                "continue_final_message: cannot be true together with add_generation_prompt"
+            )
+        if self.continue_final_message and self.messages[-1].get("role") != "assistant":
+            raise ValueError("continue_final_message: the final message must be the assistant's")
         return self
 
     @property
