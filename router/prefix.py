@@ -26,7 +26,6 @@ class Block:
 
     payload: Any  # what is hashed
     marker: Any  # the cache_control found on it (or on its message/tool), else None
-    param: str  # where that marker sits, for error messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,18 +184,16 @@ def _without_marker(item: Any) -> Any:
 
 def _blocks(body: dict[str, Any]) -> Iterator[Block]:
     tools = body.get("tools")
-    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+    for tool in tools if isinstance(tools, list) else ():
         if isinstance(tool, dict):
-            yield Block(
-                _without_marker(tool), tool.get("cache_control"), f"tools[{i}].cache_control"
-            )
+            yield Block(_without_marker(tool), tool.get("cache_control"))
     messages = body.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+    for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
-            yield from _message_blocks(i, message)
+            yield from _message_blocks(message)
 
 
-def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[Block]:
+def _message_blocks(message: dict[str, Any]) -> Iterator[Block]:
     head = [message.get("role"), message.get("name"), message.get("tool_call_id")]
     content = message.get("content")
     parts: list[Any]
@@ -211,18 +208,17 @@ def _message_blocks(index: int, message: dict[str, Any]) -> Iterator[Block]:
         Block(
             [head, _without_marker(part)],
             part.get("cache_control") if isinstance(part, dict) else None,
-            f"messages[{index}].content[{j}].cache_control",
         )
-        for j, part in enumerate(parts)
+        for part in parts
     ]
     if message.get("tool_calls") or message.get("function_call") or not blocks:
         calls = message.get("tool_calls") or message.get("function_call")
-        blocks.append(Block([head, calls], None, f"messages[{index}].cache_control"))
+        blocks.append(Block([head, calls], None))
     if (marker := message.get("cache_control")) is not None:
         # A breakpoint on the whole message closes the prefix at its last block.
         last = blocks[-1]
         if last.marker is None:
-            blocks[-1] = Block(last.payload, marker, f"messages[{index}].cache_control")
+            blocks[-1] = Block(last.payload, marker)
     yield from blocks
 
 
