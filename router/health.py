@@ -57,6 +57,7 @@ class ReplicaHealth:
         self.open_until = 0.0
         self.needs_answer = False
         self.trial = False  # a half-open trial request is in flight
+        self.openings: dict[str, int] = {}  # times opened, by failure kind (for metrics)
         self.last_failure: Failure | None = None
         self.answered_at: float | None = None  # last time a probe or scrape got an answer
 
@@ -115,7 +116,7 @@ class ReplicaHealth:
         self.open_until = now + min(max(rest, 0.0), self._settings.max_open)
         self.needs_answer = self.needs_answer or failure in _NEEDS_ANSWER
         self.state = State.OPEN
-        # metrics: breaker opened, by replica and failure kind (issue 12)
+        self.openings[failure.value] = self.openings.get(failure.value, 0) + 1
 
     def answered(self, now: float) -> None:
         """A probe or a metrics scrape got an answer: the replica is there again."""

@@ -96,6 +96,8 @@ class LoadGauge:
         self.report: LoadReport | None = None
         self.reported_at = float("-inf")
         self.last_error: str | None = None
+        self.scrapes_ok = 0  # scrapes that gave figures, for di_replica_scrapes_total
+        self.scrapes_failed = 0
         self._epoch = 0  # scrapes started so far
         self._report_epoch = 0  # the epoch the current report's scrape started in
         self._running: dict[int, int] = {}  # this router's requests in flight, by epoch sent
@@ -138,9 +140,11 @@ class LoadGauge:
         self._report_epoch = started
         self._gone = 0
         self.last_error = None
+        self.scrapes_ok += 1
 
     def failed(self, reason: str) -> None:
         self.last_error = reason
+        self.scrapes_failed += 1
 
     def load(self, now: float, in_flight: int) -> float:
         """Reported running + waiting, less this router's requests it counted that have ended,

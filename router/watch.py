@@ -118,7 +118,6 @@ class Watcher:
         now = self._clock()
         gauge.update(report, now, started)
         replica.health.answered(now)
-        # metrics: scrape outcome and age per replica (issue 12)
         return True
 
     async def _probe_loop(self) -> None:
