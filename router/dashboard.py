@@ -57,6 +57,12 @@ def refresh_gauges(metrics: Metrics, balancer: Balancer, store: PrefixStore, now
             metrics.replica_load(name, replica.id, replica.load(now))
             replica.health.usable(now)  # moves a rested breaker to half-open: a current view
             metrics.breaker_state(name, replica.id, replica.health.state.value)
+            metrics.breaker_openings(name, replica.id, replica.health.openings)
+            gauge = replica.gauge
+            if gauge.url is not None:
+                metrics.replica_scrapes(name, replica.id, gauge.scrapes_ok, gauge.scrapes_failed)
+                if gauge.reported_at > float("-inf"):
+                    metrics.replica_metrics_age(name, replica.id, now - gauge.reported_at)
     if isinstance(store, RedisPrefixStore):
         metrics.redis_state(not store.down)
 

@@ -14,7 +14,9 @@ unit as a suffix); the rest are ``di_*``.
 Everything a metric records comes from the typed fields of ``RequestContext`` at the end of a
 request (``observe``), or from hook methods the components call when something happens
 (``retry``, ``fallback``, ``breaker_state``, ``redis_state``, ``prefix_lookup``,
-``replica_load``): components never touch ``prometheus_client`` themselves.
+``replica_load``), or, for what a component counts on its own hot path (scrapes, breaker
+openings), from those counts as a scrape finds them (``replica_scrapes``,
+``breaker_openings``): components never touch ``prometheus_client`` themselves.
 """
 
 from __future__ import annotations
@@ -158,6 +160,27 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+        self.scrapes = Counter(
+            "di_replica_scrapes",
+            "Scrapes of each replica's own metrics page, by outcome (ok, failed).",
+            ("backend", "replica", "outcome"),
+            registry=r,
+        )
+        self.scrape_age = Gauge(
+            "di_replica_metrics_age_seconds",
+            "Age of the replica figures placement reads (absent before the first good scrape).",
+            ("backend", "replica"),
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.openings = Counter(
+            "di_replica_breaker_openings",
+            "Times a replica's circuit breaker opened, by the failure that opened it.",
+            ("backend", "replica", "kind"),
+            registry=r,
+        )
+        # Counts the components keep themselves, as last carried into the counters above.
+        self._carried: dict[tuple[int, tuple[str, ...]], int] = {}
         self.tenants = TenantCounters(r)
         if self._multiprocess is None:
             ProcessCollector(registry=r)
@@ -228,6 +251,28 @@ class Metrics:
     def breaker_state(self, backend: str, replica: str, state: str) -> None:
         """``closed``, ``half_open`` or ``open``."""
         self.breaker.labels(backend, replica).set(BREAKER_STATES[state])
+
+    def replica_scrapes(self, backend: str, replica: str, ok: int, failed: int) -> None:
+        """The replica's scrape counts so far (``load.LoadGauge``)."""
+        self._carry(self.scrapes, (backend, replica, "ok"), ok)
+        self._carry(self.scrapes, (backend, replica, "failed"), failed)
+
+    def replica_metrics_age(self, backend: str, replica: str, seconds: float) -> None:
+        self.scrape_age.labels(backend, replica).set(seconds)
+
+    def breaker_openings(self, backend: str, replica: str, openings: dict[str, int]) -> None:
+        """The breaker's openings so far, by failure kind (``health.ReplicaHealth``)."""
+        for kind, count in openings.items():
+            self._carry(self.openings, (backend, replica, kind), count)
+
+    def _carry(self, counter: Counter, labels: tuple[str, ...], total: int) -> None:
+        """Raise ``counter`` to a component's own running ``total``: the component counts on
+        its hot path without touching Prometheus, and a scrape brings the counter up to date."""
+        key = (id(counter), labels)
+        gained = total - self._carried.get(key, 0)
+        if gained > 0:
+            self._carried[key] = total
+            self._child(counter, labels).inc(gained)
 
     def retry(self, backend: str, reason: str) -> None:
         """An attempt that failed before the first byte and was retried elsewhere."""

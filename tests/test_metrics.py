@@ -161,6 +161,22 @@ def test_hooks_for_placement_and_health() -> None:
     assert total(samples, "di_replica_in_flight", replica="r1") == 3
 
 
+def test_counts_kept_by_components_reach_the_counters_once() -> None:
+    metrics = Metrics()
+    for _ in range(2):  # two scrapes of /metrics seeing the same counts add nothing twice
+        metrics.replica_scrapes("pool", "r1", ok=5, failed=2)
+        metrics.breaker_openings("pool", "r1", {"connect": 1})
+    metrics.replica_scrapes("pool", "r1", ok=7, failed=2)
+    metrics.breaker_openings("pool", "r1", {"connect": 1, "status": 3})
+    metrics.replica_metrics_age("pool", "r1", 0.5)
+    samples = parse(metrics.render().decode())
+    assert total(samples, "di_replica_scrapes_total", replica="r1", outcome="ok") == 7
+    assert total(samples, "di_replica_scrapes_total", replica="r1", outcome="failed") == 2
+    assert total(samples, "di_replica_breaker_openings_total", kind="connect") == 1
+    assert total(samples, "di_replica_breaker_openings_total", kind="status") == 3
+    assert total(samples, "di_replica_metrics_age_seconds", replica="r1") == 0.5
+
+
 def test_ttft_is_taken_at_the_first_byte_not_the_last(make_stack: Any) -> None:
     # 20 tokens 15 ms apart: the last byte comes >= 285 ms after the first, which comes after
     # a 10 ms first token; the modelled gap between the two figures is well over 5x.
@@ -213,6 +229,8 @@ def test_retries_and_fallbacks_are_counted(make_stack: Any) -> None:
     assert raw.headers["X-DI-Fallback"] == "sim-json"
     samples = scrape(stack)
     assert total(samples, "di_retries_total", backend="sim-text", reason="connect") >= 1
+    # A refused connection opens the replica's breaker at once.
+    assert total(samples, "di_replica_breaker_openings_total", kind="connect") >= 1
     assert (
         total(
             samples,
