@@ -38,6 +38,8 @@ from router.context import RequestContext
 
 _TITLE = re.compile(r"[^\w .:/@-]")
 MAX_TITLES = 100  # distinct X-Title labels per process; more become "other" (cardinality)
+# Memoised label children per registry: a bound, not an expected size (see ``Children``).
+MAX_CHILDREN = 10_000
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -65,7 +67,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._child = Children()
         self._multiprocess = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
@@ -158,7 +160,7 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
-        self.tenants = TenantCounters(r)
+        self.tenants = TenantCounters(r, self._child)
         if self._multiprocess is None:
             ProcessCollector(registry=r)
 
@@ -206,20 +208,10 @@ class Metrics:
             if usage.cached_tokens:
                 child(self.tokens, (request_type, backend, "cached_input")).inc(usage.cached_tokens)
 
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
-        """``metric.labels(*labels)``, memoised: ``labels()`` validates and locks on every
-        call, which costs more than the observation itself. Label values come from the config
-        and a few fixed sets, so the memo stays small."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
     # -- hooks for placement and backend health ----------------------------------------------
 
     def replica_in_flight(self, backend: str, replica: str, count: int) -> None:
-        self.in_flight.labels(backend, replica).set(count)
+        self._child(self.in_flight, (backend, replica)).set(count)  # after every request
 
     def replica_load(self, backend: str, replica: str, load: float) -> None:
         """The load the picker reads for a replica (scraped figures when fresh)."""
@@ -261,10 +253,37 @@ class Metrics:
         return generate_latest(self.scrape_registry())
 
 
+class Children:
+    """``metric.labels(*labels)``, memoised: ``labels()`` validates and locks on every call,
+    which costs more than the observation itself.
+
+    Most label values come from the config and a few fixed sets, but tenant names (keys in
+    Redis) and ``X-Title`` apps grow with use: past ``limit`` entries the memo starts over, so
+    it stays bounded whatever arrives (the children themselves stay in their metrics).
+    """
+
+    def __init__(self, limit: int = MAX_CHILDREN) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._limit = limit
+
+    def __call__(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= self._limit:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
 class TenantCounters:
     """Requests and tokens per tenant and app (``X-Title``); rate-limit outcomes."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, child: Children | None = None) -> None:
+        self._child = child if child is not None else Children()
         self.requests = Counter(
             "di_tenant_requests",
             "Requests per tenant and app (X-Title).",
@@ -293,7 +312,8 @@ class TenantCounters:
     def observe(self, ctx: RequestContext, title: str | None, status: int) -> None:
         tenant = ctx.tenant or "anonymous"
         app = self._app(app_label(title))
-        self.requests.labels(tenant, app, str(status)).inc()
+        child = self._child
+        child(self.requests, (tenant, app, str(status))).inc()
         usage = ctx.usage
         if usage is None:
             return
@@ -303,7 +323,7 @@ class TenantCounters:
             ("cached", usage.cached_tokens or 0),
         ):
             if count:
-                self.tokens.labels(tenant, app, kind).inc(count)
+                child(self.tokens, (tenant, app, kind)).inc(count)
 
     def rejected(self, tenant: str, limit: str) -> None:
         self.limited.labels(tenant, limit).inc()
