@@ -80,6 +80,28 @@ async def read_body_bytes(request: web.Request) -> bytes:
     """The whole body within ``server.body_timeout`` and ``server.max_body_size``."""
     server = request.app[CONFIG].server
     encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+    try:
+        if not encoded and request.content.is_eof():
+            # The whole body came with the headers (nearly every request): it is in memory
+            # already, so there is nothing to wait for and no large-body slot to hold.
+            return await request.read()
+        return await _read_arriving(request, encoded)
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"The request body exceeds the limit of {server.max_body_size} bytes "
+            "(server.max_body_size).",
+            param=None,
+        ) from None
+    except RequestPayloadError as exc:
+        # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
+        # chunked encoding, a body cut short.
+        raise InvalidRequest(f"The request body could not be read: {_cause(exc)}.") from None
+
+
+async def _read_arriving(request: web.Request, encoded: bool) -> bytes:
+    """A body still arriving (or compressed, and so of unknown size until decoded): read
+    within the deadline, holding a large-body slot when it is large."""
+    server = request.app[CONFIG].server
     slot = request.app[BODY_PARSER].slot(request.content_length, encoded)
     try:
         async with asyncio.timeout(server.body_timeout), slot:
@@ -95,16 +117,6 @@ async def read_body_bytes(request: web.Request) -> bytes:
             f"The request body did not arrive within {server.body_timeout:g} s "
             "(server.body_timeout)."
         ) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"The request body exceeds the limit of {server.max_body_size} bytes "
-            "(server.max_body_size).",
-            param=None,
-        ) from None
-    except RequestPayloadError as exc:
-        # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
-        # chunked encoding, a body cut short.
-        raise InvalidRequest(f"The request body could not be read: {_cause(exc)}.") from None
 
 
 def _cause(exc: BaseException) -> str:
