@@ -140,7 +140,9 @@ async def relay_json(
     data = await read_body(routed.response, where(routed), routed.body_limit)
     note_body(ctx, data)
     data = rewrite_model(data, model_field(client_model))
-    response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
+    # No headers from the context yet: request_middleware adds them once the handler is done
+    # (with what it learned after this point, such as a stored completion's X-DI-Store).
+    response = web.Response(body=data, content_type="application/json")
     ctx.first_byte()  # the whole answer is in hand and goes out at once
     return response, data
 
