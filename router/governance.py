@@ -48,7 +48,15 @@ def is_object_route(path: str, method: str) -> bool:
 
 
 def base_headers(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
-    """The app's CORS headers, or none on object routes unless ``server.cors_objects``."""
+    """The app's CORS headers for a browser's request, or none on object routes unless
+    ``server.cors_objects``.
+
+    Browsers send ``Origin`` on every cross-origin request (preflights included), and CORS
+    headers mean nothing to any other client: a request without one gets none, which spares
+    SDK and server-to-server traffic the long ``Access-Control-Expose-Headers``.
+    """
+    if "Origin" not in request.headers:
+        return {}
     if request.app[CONFIG].server.cors_objects:
         return headers
     method = request.method

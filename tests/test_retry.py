@@ -63,7 +63,7 @@ def test_every_routed_response_says_how_many_attempts(stack: Stack) -> None:
     assert raw.headers["X-DI-Attempts"] == "1"
     assert "X-DI-Fallback" not in raw.headers
     with stack.client().chat.completions.with_streaming_response.create(
-        model="m", messages=user(), stream=True
+        model="m", messages=user(), stream=True, extra_headers={"Origin": "https://app.example"}
     ) as streamed:
         assert streamed.headers["X-DI-Attempts"] == "1"
         assert "X-DI-Attempts" in streamed.headers["Access-Control-Expose-Headers"]
