@@ -365,7 +365,7 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
                 metrics.replica_in_flight(ctx.backend, replica.id, replica.in_flight)
     if status >= 400 or ctx.error is not None:
         app[RECENT_ERRORS].add(ctx, request.path, status)
-    log_access(ctx, request.method, edge.loggable(request.raw_path), status, duration_ms)
+    log_access(ctx, request.method, request.raw_path, status, duration_ms)
     tracer = app.get(TRACER)
     if tracer is not None and ctx.span is not None:
         tracer.finish(ctx.span, ctx, status, request.path)
