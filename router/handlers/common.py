@@ -192,8 +192,11 @@ async def relay_sse(
     response = await open_stream(request, ctx)
     field = model_field(client_model)
     done = failed = False
+    events: list[bytes] | None = first
     try:
-        async for events in _chain(first, upstream):
+        # anext rather than `async for` over a generator chaining `first` to the rest: one
+        # async generator less to pass through per batch of events.
+        while events is not None:
             out = []
             for event in events:
                 if ends(event):
@@ -208,6 +211,7 @@ async def relay_sse(
                 out.append(rewrite_model(event, field))
             if not await write_or_gone(response, b"\n\n".join(out) + b"\n\n", ctx):
                 return response
+            events = await anext(upstream, None)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
         routed.broken = True
@@ -253,14 +257,6 @@ async def _first_events(routed: Routed, upstream: AsyncIterator[list[bytes]]) ->
             code="upstream_bad_response",
         )
     return first
-
-
-async def _chain(
-    first: list[bytes], rest: AsyncIterator[list[bytes]]
-) -> AsyncIterator[list[bytes]]:
-    yield first
-    async for events in rest:
-        yield events
 
 
 async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestContext) -> bool:
