@@ -232,7 +232,7 @@ class Metrics:
         self.redis_up.set(1 if up else 0)
 
     def prefix_lookup(self, store: str, outcome: str, seconds: float) -> None:
-        self.lookup.labels(store, outcome).observe(seconds)
+        self._child(self.lookup, (store, outcome)).observe(seconds)  # per prefix lookup
 
     # -- the scrape ------------------------------------------------------------------------------
 
