@@ -230,7 +230,10 @@ def check_sse_event(event: bytes) -> None:
 def rewrite_model(data: bytes, model_field: bytes) -> bytes:
     """Replace the first ``"model": "..."`` in a JSON document with ``model_field``; the
     document as is when it already names that model (the upstream echoes the client's id)."""
-    found = _MODEL_FIELD.search(data)
+    at = data.find(b'"model"')
+    if at < 0 or data.startswith(model_field, at):
+        return data  # no model, or the compact echo: no pattern to run (once per SSE event)
+    found = _MODEL_FIELD.search(data, at)
     if found is None or found.group(1) == model_field[len(_MODEL_KEY) :]:
         return data
     return data[: found.start()] + model_field + data[found.end() :]

@@ -169,3 +169,6 @@ def test_the_model_id_is_rewritten_to_the_clients() -> None:
     for echoed in (b'{"model":"gpt-mini","n":1}', b'{"model" : "gpt-mini","n":1}'):
         assert rewrite_model(echoed, field) is echoed
     assert rewrite_model(b'{"id": "x"}', field) == b'{"id": "x"}'
+    # "model" as a value first, then as the key: the key's value is the one rewritten.
+    listed = b'{"object": "model", "model": "llama-3-8b"}'
+    assert rewrite_model(listed, field) == b'{"object": "model", "model":"gpt-mini"}'
