@@ -357,9 +357,11 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
     if ctx.fallback is not None and ctx.request_type is not None:
         primary = app[CONFIG].routes.pools_for(ctx.request_type, ctx.effort)[0]
     metrics.observe(ctx, endpoint, status, duration_ms / 1000, primary)
-    if ctx.replica is not None and ctx.backend is not None:
+    if metrics.shared and ctx.replica is not None and ctx.backend is not None:
         pool = app[BALANCER].pools.get(ctx.backend)
-        # This worker's count after the request ended: the gauge is summed over workers.
+        # This worker's count after the request ended: the gauge is summed over workers, and
+        # a scrape answered by another worker reads it from this one's file. (One process
+        # sets it from the live counts before each scrape: refresh_gauges.)
         for replica in pool.replicas if pool is not None else ():
             if replica.id == ctx.replica:
                 metrics.replica_in_flight(ctx.backend, replica.id, replica.in_flight)

@@ -164,6 +164,11 @@ class Metrics:
         if self._multiprocess is None:
             ProcessCollector(registry=r)
 
+    @property
+    def shared(self) -> bool:
+        """Values live in files that a scrape sums over worker processes (``--workers N``)."""
+        return self._multiprocess is not None
+
     # -- per request -------------------------------------------------------------------------
 
     def observe(
