@@ -357,15 +357,17 @@ def _account(request: web.Request, ctx: RequestContext, response: web.StreamResp
     if ctx.fallback is not None and ctx.request_type is not None:
         primary = app[CONFIG].routes.pools_for(ctx.request_type, ctx.effort)[0]
     metrics.observe(ctx, endpoint, status, duration_ms / 1000, primary)
-    if ctx.replica is not None and ctx.backend is not None:
+    if metrics.shared and ctx.replica is not None and ctx.backend is not None:
         pool = app[BALANCER].pools.get(ctx.backend)
-        # This worker's count after the request ended: the gauge is summed over workers.
+        # This worker's count after the request ended: the gauge is summed over workers, and
+        # a scrape answered by another worker reads it from this one's file. (One process
+        # sets it from the live counts before each scrape: refresh_gauges.)
         for replica in pool.replicas if pool is not None else ():
             if replica.id == ctx.replica:
                 metrics.replica_in_flight(ctx.backend, replica.id, replica.in_flight)
     if status >= 400 or ctx.error is not None:
         app[RECENT_ERRORS].add(ctx, request.path, status)
-    log_access(ctx, request.method, edge.loggable(request.raw_path), status, duration_ms)
+    log_access(ctx, request.method, request.raw_path, status, duration_ms)
     tracer = app.get(TRACER)
     if tracer is not None and ctx.span is not None:
         tracer.finish(ctx.span, ctx, status, request.path)

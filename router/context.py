@@ -44,7 +44,7 @@ EXPOSED_HEADERS = (
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    base_headers: dict[str, str]  # CORS, built once per app
+    base_headers: dict[str, str]  # CORS, built once per app; none without an Origin
     started: float = field(default_factory=time.perf_counter)
     request_type: str | None = None  # classify's verdict
     backend: str | None = None  # the pool that serves (or was meant to serve) the request
@@ -111,12 +111,12 @@ class RequestContext:
             headers["X-DI-Request-Type"] = self.request_type
         if self.backend is not None:
             self._routing_headers(headers)
-        optional = (
-            ("X-DI-Effort", self.effort),
-            ("X-DI-Tenant", self.tenant),
-            ("X-DI-Store", self.stored),
-        )
-        headers.update((name, value) for name, value in optional if value is not None)
+        if self.effort is not None:
+            headers["X-DI-Effort"] = self.effort
+        if self.tenant is not None:
+            headers["X-DI-Tenant"] = self.tenant
+        if self.stored is not None:
+            headers["X-DI-Store"] = self.stored
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
         if self.extra_headers:

@@ -98,13 +98,16 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and not self._open_requests and data:
-            self._arm()  # the first byte of a new request on a kept-alive connection
         super().data_received(data)
         if self._request_count != self._seen_requests:
             self._open_requests += self._request_count - self._seen_requests
             self._seen_requests = self._request_count
             self._disarm()  # a whole request line and headers arrived
+        elif self._header_deadline is None and not self._open_requests and data:
+            # The start of a new request on a kept-alive connection, its headers incomplete.
+            # Armed after parsing: a request whose headers came whole (nearly all) costs no
+            # timer at all.
+            self._arm()
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -48,7 +48,15 @@ def is_object_route(path: str, method: str) -> bool:
 
 
 def base_headers(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
-    """The app's CORS headers, or none on object routes unless ``server.cors_objects``."""
+    """The app's CORS headers for a browser's request, or none on object routes unless
+    ``server.cors_objects``.
+
+    Browsers send ``Origin`` on every cross-origin request (preflights included), and CORS
+    headers mean nothing to any other client: a request without one gets none, which spares
+    SDK and server-to-server traffic the long ``Access-Control-Expose-Headers``.
+    """
+    if "Origin" not in request.headers:
+        return {}
     if request.app[CONFIG].server.cors_objects:
         return headers
     method = request.method
@@ -63,9 +71,12 @@ async def tenancy_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     app = request.app
     ctx = request[CONTEXT]
-    tenant = await app[KEYRING].authenticate(
-        request.headers.get("Authorization", ""), request.headers.get("x-api-key", "")
-    )
+    keyring = app[KEYRING]
+    tenant = None
+    if keyring.required:  # else one anonymous tenant: no key to read
+        tenant = await keyring.authenticate(
+            request.headers.get("Authorization", ""), request.headers.get("x-api-key", "")
+        )
     if tenant is not None:
         ctx.tenant = tenant.name
         ctx.allowed_types = tenant.allowed_types

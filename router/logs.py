@@ -17,6 +17,7 @@ from typing import Any, Literal
 import orjson
 
 from router.context import RequestContext
+from router.edge import loggable
 
 ACCESS = logging.getLogger("router.access")
 LogFormat = Literal["text", "json"]
@@ -97,10 +98,12 @@ def access_fields(
 
 
 def log_access(
-    ctx: RequestContext, method: str, path: str, status: int, duration_ms: float
+    ctx: RequestContext, method: str, raw_path: str, status: int, duration_ms: float
 ) -> None:
+    """The access line; ``raw_path`` as the client sent it (escaped here, when logged)."""
     if not ACCESS.isEnabledFor(logging.INFO):
         return
+    path = loggable(raw_path)
     fields = access_fields(ctx, method, path, status, duration_ms)
     ACCESS.info(
         "%s %s %s %d type=%s backend=%s replica=%s cache=%s ttft=%s %.1fms tokens=%s/%s/%s",

@@ -40,6 +40,8 @@ from router.context import RequestContext
 
 _TITLE = re.compile(r"[^\w .:/@-]")
 MAX_TITLES = 100  # distinct X-Title labels per process; more become "other" (cardinality)
+# Memoised label children per registry: a bound, not an expected size (see ``Children``).
+MAX_CHILDREN = 10_000
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -67,7 +69,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._child = Children()
         self._multiprocess = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
@@ -181,9 +183,14 @@ class Metrics:
         )
         # Counts the components keep themselves, as last carried into the counters above.
         self._carried: dict[tuple[int, tuple[str, ...]], int] = {}
-        self.tenants = TenantCounters(r)
+        self.tenants = TenantCounters(r, self._child)
         if self._multiprocess is None:
             ProcessCollector(registry=r)
+
+    @property
+    def shared(self) -> bool:
+        """Values live in files that a scrape sums over worker processes (``--workers N``)."""
+        return self._multiprocess is not None
 
     # -- per request -------------------------------------------------------------------------
 
@@ -229,20 +236,10 @@ class Metrics:
             if usage.cached_tokens:
                 child(self.tokens, (request_type, backend, "cached_input")).inc(usage.cached_tokens)
 
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
-        """``metric.labels(*labels)``, memoised: ``labels()`` validates and locks on every
-        call, which costs more than the observation itself. Label values come from the config
-        and a few fixed sets, so the memo stays small."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
     # -- hooks for placement and backend health ----------------------------------------------
 
     def replica_in_flight(self, backend: str, replica: str, count: int) -> None:
-        self.in_flight.labels(backend, replica).set(count)
+        self._child(self.in_flight, (backend, replica)).set(count)  # after every request
 
     def replica_load(self, backend: str, replica: str, load: float) -> None:
         """The load the picker reads for a replica (scraped figures when fresh)."""
@@ -285,7 +282,7 @@ class Metrics:
         self.redis_up.set(1 if up else 0)
 
     def prefix_lookup(self, store: str, outcome: str, seconds: float) -> None:
-        self.lookup.labels(store, outcome).observe(seconds)
+        self._child(self.lookup, (store, outcome)).observe(seconds)  # per prefix lookup
 
     # -- the scrape ------------------------------------------------------------------------------
 
@@ -306,10 +303,37 @@ class Metrics:
         return generate_latest(self.scrape_registry())
 
 
+class Children:
+    """``metric.labels(*labels)``, memoised: ``labels()`` validates and locks on every call,
+    which costs more than the observation itself.
+
+    Most label values come from the config and a few fixed sets, but tenant names (keys in
+    Redis) and ``X-Title`` apps grow with use: past ``limit`` entries the memo starts over, so
+    it stays bounded whatever arrives (the children themselves stay in their metrics).
+    """
+
+    def __init__(self, limit: int = MAX_CHILDREN) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._limit = limit
+
+    def __call__(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            if len(self._children) >= self._limit:
+                self._children.clear()
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+
 class TenantCounters:
     """Requests and tokens per tenant and app (``X-Title``); rate-limit outcomes."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, child: Children | None = None) -> None:
+        self._child = child if child is not None else Children()
         self.requests = Counter(
             "di_tenant_requests",
             "Requests per tenant and app (X-Title).",
@@ -338,7 +362,8 @@ class TenantCounters:
     def observe(self, ctx: RequestContext, title: str | None, status: int) -> None:
         tenant = ctx.tenant or "anonymous"
         app = self._app(app_label(title))
-        self.requests.labels(tenant, app, str(status)).inc()
+        child = self._child
+        child(self.requests, (tenant, app, str(status))).inc()
         usage = ctx.usage
         if usage is None:
             return
@@ -348,7 +373,7 @@ class TenantCounters:
             ("cached", usage.cached_tokens or 0),
         ):
             if count:
-                self.tokens.labels(tenant, app, kind).inc(count)
+                child(self.tokens, (tenant, app, kind)).inc(count)
 
     def rejected(self, tenant: str, limit: str) -> None:
         self.limited.labels(tenant, limit).inc()

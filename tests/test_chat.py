@@ -66,6 +66,7 @@ def test_plain_text_echoes_the_model_id(stack: Stack) -> None:
         ],
         temperature=0.7,
         max_tokens=300,
+        extra_headers={"Origin": "https://app.example"},  # as a browser would
     )
     completion = raw.parse()
     assert completion.model == "gpt-5.5-mini"
@@ -79,6 +80,26 @@ def test_plain_text_echoes_the_model_id(stack: Stack) -> None:
     assert "router;dur=" in timing and "upstream;dur=" in timing
     exposed = raw.headers["Access-Control-Expose-Headers"]
     assert "X-DI-Request-Type" in exposed and "X-DI-Replica" in exposed
+
+
+async def test_cors_headers_go_only_to_requests_with_an_origin(stack: Stack) -> None:
+    # Browsers send Origin on every cross-origin request; SDKs and servers do not, and get
+    # no CORS headers: on answers, streams and errors alike.
+    url = stack.base_url + "/chat/completions"
+    chat = {"model": "m", "messages": user("hi")}
+    bodies = [chat, {**chat, "stream": True}, {"model": "m"}]
+    async with aiohttp.ClientSession() as session:
+        for body in bodies:
+            async with session.post(url, json=body) as bare:
+                await bare.read()
+                assert bare.headers["X-Request-Id"]
+                assert not [h for h in bare.headers if h.startswith("Access-Control-")]
+            origin = {"Origin": "https://app.example"}
+            async with session.post(url, json=body, headers=origin) as browser:
+                await browser.read()
+                assert browser.headers["Access-Control-Allow-Origin"] == "*"
+                assert "X-DI-Backend" in browser.headers["Access-Control-Expose-Headers"]
+        assert [bare.status, browser.status] == [400, 400]  # the last pair: an error
 
 
 def test_client_request_id_is_kept_and_forwarded(stack: Stack) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import socket
@@ -18,7 +19,9 @@ import orjson
 import pytest
 
 from router.config import RouterConfig
+from router.context import RequestContext
 from router.edge import connection_cap, loggable
+from router.logs import log_access
 
 from .conftest import Stack, free_port
 
@@ -212,6 +215,14 @@ def test_loggable_escapes_control_characters() -> None:
     assert (
         loggable("/v1/x\n2026 INFO forged\r\x1b[31m") == "/v1/x\\x0a2026 INFO forged\\x0d\\x1b[31m"
     )
+
+
+def test_the_access_line_escapes_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="router.access")
+    log_access(RequestContext.start("r", {}), "GET", "/v1/x\n2026 INFO forged", 404, 1.0)
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage()
+    assert record.__dict__["path"] == "/v1/x\\x0a2026 INFO forged"  # an extra field
 
 
 @contextlib.contextmanager

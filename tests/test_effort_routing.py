@@ -70,7 +70,10 @@ def test_effort_header_picks_the_type_at_effort_pool(effort_stack: Stack) -> Non
     assert plain["X-DI-Request-Type"] == "code" and plain["X-DI-Backend"] == "sim-code"
     assert "X-DI-Effort" not in plain
     high = headers_of(
-        effort_stack, messages=USER, tools=TOOLS, extra_headers={"X-DI-Effort": "high"}
+        effort_stack,
+        messages=USER,
+        tools=TOOLS,
+        extra_headers={"X-DI-Effort": "high", "Origin": "https://app.example"},
     )
     assert high["X-DI-Request-Type"] == "code"  # effort tunes the type, never picks it
     assert high["X-DI-Backend"] == "sim-json"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import RouterConfig
 from router.context import RequestContext
-from router.metrics import Metrics
+from router.metrics import Children, Metrics
 from router.sim import SimSettings
 from router.usage import Usage
 
@@ -175,6 +176,34 @@ def test_counts_kept_by_components_reach_the_counters_once() -> None:
     assert total(samples, "di_replica_breaker_openings_total", kind="connect") == 1
     assert total(samples, "di_replica_breaker_openings_total", kind="status") == 3
     assert total(samples, "di_replica_metrics_age_seconds", replica="r1") == 0.5
+
+
+def test_label_children_are_memoised_within_a_bound() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "A counter.", ("x",), registry=registry)
+    children = Children(limit=2)
+    first = children(counter, ("a",))
+    assert children(counter, ("a",)) is first
+    children(counter, ("b",))
+    children(counter, ("c",))  # past the bound: the memo starts over
+    assert len(children) == 1
+    children(counter, ("a",)).inc()  # looked up afresh, it is still the same series
+    first.inc()
+    assert registry.get_sample_value("c_total", {"x": "a"}) == 2
+
+
+def test_tenant_counters_count_every_request() -> None:
+    metrics = Metrics()
+    ctx = RequestContext.start("r", {})
+    ctx.tenant, ctx.usage = "team-a", Usage(10, 5, None)
+    for status in (200, 200, 429):
+        metrics.tenants.observe(ctx, "Docs bot", status)
+    samples = parse(metrics.render().decode())
+    bot = {"tenant": "team-a", "app": "Docs bot"}
+    assert total(samples, "di_tenant_requests_total", **bot, status="200") == 2
+    assert total(samples, "di_tenant_requests_total", **bot, status="429") == 1
+    assert total(samples, "di_tenant_tokens_total", **bot, kind="prompt") == 30
+    assert total(samples, "di_tenant_tokens_total", **bot, kind="cached") == 0
 
 
 def test_ttft_is_taken_at_the_first_byte_not_the_last(make_stack: Any) -> None:

@@ -63,7 +63,7 @@ def test_every_routed_response_says_how_many_attempts(stack: Stack) -> None:
     assert raw.headers["X-DI-Attempts"] == "1"
     assert "X-DI-Fallback" not in raw.headers
     with stack.client().chat.completions.with_streaming_response.create(
-        model="m", messages=user(), stream=True
+        model="m", messages=user(), stream=True, extra_headers={"Origin": "https://app.example"}
     ) as streamed:
         assert streamed.headers["X-DI-Attempts"] == "1"
         assert "X-DI-Attempts" in streamed.headers["Access-Control-Expose-Headers"]
@@ -139,6 +139,22 @@ def test_a_connection_dropped_after_sending_is_not_replayed(
         assert failure.body["code"] == "upstream_disconnected"  # type: ignore[index]
         assert failure.response.headers["X-DI-Attempts"] == "1"
     assert good.posts == 4 - len(failures)
+
+
+def test_a_pooled_connection_closed_by_the_replica_is_retried(
+    make_stack: Any, scripted: Replicas
+) -> None:
+    flaky, good = scripted.new("flaky"), scripted.new("good")
+    live = make_stack(edit=text_pool([flaky.url, good.url]))
+    assert [create(live, str(i)).headers["X-DI-Attempts"] for i in range(2)] == ["1", "1"]
+    # flaky now closes connections as requests arrive: the next one to reach it comes on the
+    # kept-alive connection of its first answer, which is a stale connection, not a replica
+    # that may be generating: it is retried elsewhere, and not held against flaky.
+    scripted.set(flaky, mode="drop")
+    raws = [create(live, str(i)) for i in range(2, 4)]
+    assert sorted(raw.headers["X-DI-Attempts"] for raw in raws) == ["1", "2"]
+    assert flaky.posts == 2
+    assert replica_state(live, "sim-text-f0")["consecutive_failures"] == 0
 
 
 def test_fallback_pool_serves_when_the_first_is_dead(make_stack: Any) -> None:

@@ -125,8 +125,9 @@ def test_objects_without_keys_belong_to_the_one_anonymous_tenant(stack: Stack) -
 
 
 async def test_object_routes_send_no_cors_unless_enabled(tenants: Stack) -> None:
-    auth = {"Authorization": f"Bearer {KEY_A}"}
-    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "DELETE"}
+    origin = {"Origin": "https://evil.example"}
+    auth = {"Authorization": f"Bearer {KEY_A}", **origin}
+    preflight = {**origin, "Access-Control-Request-Method": "DELETE"}
     async with aiohttp.ClientSession() as session:
         async with session.get(tenants.base_url + "/chat/completions", headers=auth) as listed:
             assert listed.status == 200
@@ -146,7 +147,9 @@ async def test_cors_on_objects_can_be_enabled(make_stack: Any) -> None:
     live = make_stack(edit=lambda c: with_server(c, cors_objects=True))
     async with (
         aiohttp.ClientSession() as session,
-        session.get(live.base_url + "/chat/completions") as listed,
+        session.get(
+            live.base_url + "/chat/completions", headers={"Origin": "https://app.example"}
+        ) as listed,
     ):
         assert listed.headers["Access-Control-Allow-Origin"] == "*"
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from router.config import RouterConfig
-from router.upstream import MalformedStream, check_sse_event
+from router.upstream import MalformedStream, check_sse_event, model_field, rewrite_model
 
 from .conftest import Stack, with_replicas
 from .scripted import Replicas
@@ -157,3 +157,18 @@ def test_sse_fields_and_comments_pass(event: bytes) -> None:
 def test_other_lines_are_not_an_event_stream(event: bytes) -> None:
     with pytest.raises(MalformedStream):
         check_sse_event(event)
+
+
+def test_the_model_id_is_rewritten_to_the_clients() -> None:
+    field = model_field("gpt-mini")
+    served = b'{"id": "x", "model": "llama-3-8b", "note": "\\"model\\": \\"y\\""}'
+    assert rewrite_model(served, field) == (
+        b'{"id": "x", "model":"gpt-mini", "note": "\\"model\\": \\"y\\""}'
+    )
+    # Already the client's id (spacing aside): the bytes pass through untouched.
+    for echoed in (b'{"model":"gpt-mini","n":1}', b'{"model" : "gpt-mini","n":1}'):
+        assert rewrite_model(echoed, field) is echoed
+    assert rewrite_model(b'{"id": "x"}', field) == b'{"id": "x"}'
+    # "model" as a value first, then as the key: the key's value is the one rewritten.
+    listed = b'{"object": "model", "model": "llama-3-8b"}'
+    assert rewrite_model(listed, field) == b'{"object": "model", "model":"gpt-mini"}'

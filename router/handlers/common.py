@@ -82,6 +82,28 @@ async def read_body_bytes(request: web.Request) -> bytes:
     """The whole body within ``server.body_timeout`` and ``server.max_body_size``."""
     server = request.app[CONFIG].server
     encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+    try:
+        if not encoded and request.content.is_eof():
+            # The whole body came with the headers (nearly every request): it is in memory
+            # already, so there is nothing to wait for and no large-body slot to hold.
+            return await request.read()
+        return await _read_arriving(request, encoded)
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"The request body exceeds the limit of {server.max_body_size} bytes "
+            "(server.max_body_size).",
+            param=None,
+        ) from None
+    except RequestPayloadError as exc:
+        # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
+        # chunked encoding, a body cut short.
+        raise InvalidRequest(f"The request body could not be read: {_cause(exc)}.") from None
+
+
+async def _read_arriving(request: web.Request, encoded: bool) -> bytes:
+    """A body still arriving (or compressed, and so of unknown size until decoded): read
+    within the deadline, holding a large-body slot when it is large."""
+    server = request.app[CONFIG].server
     slot = request.app[BODY_PARSER].slot(request.content_length, encoded)
     try:
         async with asyncio.timeout(server.body_timeout), slot:
@@ -97,16 +119,6 @@ async def read_body_bytes(request: web.Request) -> bytes:
             f"The request body did not arrive within {server.body_timeout:g} s "
             "(server.body_timeout)."
         ) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"The request body exceeds the limit of {server.max_body_size} bytes "
-            "(server.max_body_size).",
-            param=None,
-        ) from None
-    except RequestPayloadError as exc:
-        # aiohttp wraps what the payload parser found: a bad Content-Encoding body, a broken
-        # chunked encoding, a body cut short.
-        raise InvalidRequest(f"The request body could not be read: {_cause(exc)}.") from None
 
 
 def _cause(exc: BaseException) -> str:
@@ -130,7 +142,9 @@ async def relay_json(
     data = await read_body(routed.response, where(routed), routed.body_limit)
     note_body(ctx, data)
     data = rewrite_model(data, model_field(client_model))
-    response = web.Response(body=data, content_type="application/json", headers=ctx.headers)
+    # No headers from the context yet: request_middleware adds them once the handler is done
+    # (with what it learned after this point, such as a stored completion's X-DI-Store).
+    response = web.Response(body=data, content_type="application/json")
     ctx.first_byte()  # the whole answer is in hand and goes out at once
     return response, data
 
@@ -180,8 +194,11 @@ async def relay_sse(
     response = await open_stream(request, ctx)
     field = model_field(client_model)
     done = failed = False
+    events: list[bytes] | None = first
     try:
-        async for events in _chain(first, upstream):
+        # anext rather than `async for` over a generator chaining `first` to the rest: one
+        # async generator less to pass through per batch of events.
+        while events is not None:
             out = []
             for event in events:
                 if ends(event):
@@ -196,6 +213,7 @@ async def relay_sse(
                 out.append(rewrite_model(event, field))
             if not await write_or_gone(response, b"\n\n".join(out) + b"\n\n", ctx):
                 return response
+            events = await anext(upstream, None)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Only the upstream side raises here: writes to the client are guarded apart.
         routed.broken = True
@@ -241,14 +259,6 @@ async def _first_events(routed: Routed, upstream: AsyncIterator[list[bytes]]) ->
             code="upstream_bad_response",
         )
     return first
-
-
-async def _chain(
-    first: list[bytes], rest: AsyncIterator[list[bytes]]
-) -> AsyncIterator[list[bytes]]:
-    yield first
-    async for events in rest:
-        yield events
 
 
 async def write_or_gone(response: web.StreamResponse, data: bytes, ctx: RequestContext) -> bool:
