@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from router.survey import Survey
 from router.usage import Usage
+
+if TYPE_CHECKING:
+    from router.ratelimit import Verdict
 
 EXPOSED_HEADERS = (
     "X-DI-Request-Type",
@@ -67,8 +71,8 @@ class RequestContext:
     streamed_events: int = 0  # data events relayed: the token estimate when no usage came
     client_gone: bool = False  # the client went away mid-stream
     stored: str | None = None  # store: true outcome, "stored" | "failed"
-    # Headers a component adds that no other one reads (e.g. rate-limit figures).
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    # The key's rate-limit decision (its buckets become OpenAI's x-ratelimit-* headers).
+    rate_limit: Verdict | None = None
     stream: web.StreamResponse | None = None  # set once SSE headers are sent
     # What operations (metrics, access log, traces) read; never parsed back from headers.
     model: str | None = None  # the model id the client asked for
@@ -119,8 +123,8 @@ class RequestContext:
             headers["X-DI-Store"] = self.stored
         if self.upstream_ms:
             headers["Server-Timing"] = self.server_timing()
-        if self.extra_headers:
-            headers.update(self.extra_headers)
+        if self.rate_limit is not None:
+            headers.update(self.rate_limit.headers)
         return headers
 
     def _routing_headers(self, headers: dict[str, str]) -> None:

@@ -94,6 +94,7 @@ class Dispatcher:
         self._documents = routes.enabled("document")
         self._long = config.classify.long_threshold if routes.enabled("long") else None
         self._attempts = Attempts(config.routing, session)
+        self._routes: dict[tuple[RequestType, str | None], list[Pool]] = {}
         self._cache = config.cache
         self.placer = Placer(
             store,
@@ -148,8 +149,14 @@ class Dispatcher:
         )
 
     def _pools(self, request_type: RequestType, effort: str | None) -> list[Pool]:
-        pools = self._balancer.pools
-        return [pools[name] for name in self._config.routes.pools_for(request_type, effort)]
+        key = (request_type, effort)
+        pools = self._routes.get(key)
+        if pools is None:
+            # Types and effort levels are a few fixed values: the table stays small.
+            by_name = self._balancer.pools
+            names = self._config.routes.pools_for(request_type, effort)
+            pools = self._routes[key] = [by_name[name] for name in names]
+        return pools
 
     @staticmethod
     def _namespace(backend: BackendConfig, chat_body: dict[str, Any]) -> str:

@@ -120,11 +120,10 @@ async def _admit(
     limiter: RateLimiter, counters: TenantCounters, ctx: RequestContext, tenant: Tenant
 ) -> None:
     verdict: Verdict = await limiter.admit(tenant.name, tenant.rpm, tenant.tpm)
+    ctx.rate_limit = verdict
     if verdict.bypassed:
         counters.bypass()
-        ctx.extra_headers["X-DI-RateLimit"] = "bypass"
         return
-    ctx.extra_headers.update(verdict.headers)
     if verdict.admitted:
         return
     limit = verdict.exceeded or "requests"

@@ -22,7 +22,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -74,32 +74,53 @@ return 1
 
 
 @dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limited bucket of a tenant, as the decision left it."""
+
+    kind: str  # "requests" | "tokens"
+    limit: int  # per minute
+    remaining: int
+    reset_seconds: float  # until the bucket is full again
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
-    """Whether a request may go, and the OpenAI ``x-ratelimit-*`` headers that say why."""
+    """Whether a request may go, and the buckets that say why."""
 
     admitted: bool
-    headers: dict[str, str] = field(default_factory=dict)
+    buckets: tuple[Bucket, ...] = ()
     retry_after: float = 0.0  # seconds until a request would be admitted
     exceeded: str | None = None  # "requests" | "tokens"
     bypassed: bool = False  # the counters could not be read: failed open
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers, or ``X-DI-RateLimit: bypass``."""
+        if self.bypassed:
+            return {"X-DI-RateLimit": "bypass"}
+        headers: dict[str, str] = {}
+        for bucket in self.buckets:
+            headers[f"x-ratelimit-limit-{bucket.kind}"] = str(bucket.limit)
+            headers[f"x-ratelimit-remaining-{bucket.kind}"] = str(bucket.remaining)
+            headers[f"x-ratelimit-reset-{bucket.kind}"] = duration(bucket.reset_seconds)
+        return headers
+
 
 def verdict(rpm: int | None, tpm: int | None, admitted: bool, req: float, tok: float) -> Verdict:
-    """Headers and wait from the buckets' levels after the decision."""
-    headers: dict[str, str] = {}
+    """The buckets and the wait from their levels after the decision."""
+    buckets: list[Bucket] = []
     waits: dict[str, float] = {}
     for kind, cap, level in (("requests", rpm, req), ("tokens", tpm, tok)):
         if not cap:
             continue
-        headers[f"x-ratelimit-limit-{kind}"] = str(cap)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(level)))
-        headers[f"x-ratelimit-reset-{kind}"] = duration(max(0.0, cap - level) * 60 / cap)
+        reset = max(0.0, cap - level) * 60 / cap
+        buckets.append(Bucket(kind, cap, max(0, math.floor(level)), reset))
         if level < 1:
             waits[kind] = (1 - level) * 60 / cap
     if admitted:
-        return Verdict(True, headers)
+        return Verdict(True, tuple(buckets))
     exceeded = max(waits, key=lambda k: waits[k]) if waits else "requests"
-    return Verdict(False, headers, waits.get(exceeded, 1.0), exceeded)
+    return Verdict(False, tuple(buckets), waits.get(exceeded, 1.0), exceeded)
 
 
 def duration(seconds: float) -> str:

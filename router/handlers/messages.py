@@ -51,10 +51,9 @@ async def create_message(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """An estimate of the input tokens (the router has no tokenizer); ``max_tokens`` optional."""
-    ctx = context(request)
     body, _ = await read_json(request)
     chat = _to_chat(body, require_max_tokens=False)
-    return web.json_response({"input_tokens": estimate_input_tokens(chat)}, headers=ctx.headers)
+    return web.json_response({"input_tokens": estimate_input_tokens(chat)})
 
 
 def _to_chat(body: dict[str, Any], *, require_max_tokens: bool) -> dict[str, Any]:
@@ -112,6 +111,4 @@ async def _via_chat_backend(
                 answer, message_id=message_id, model=body["model"], stop_sequences=stops
             ),
         )
-    return web.Response(
-        body=orjson.dumps(result), content_type="application/json", headers=ctx.headers
-    )
+    return web.Response(body=orjson.dumps(result), content_type="application/json")

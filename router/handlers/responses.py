@@ -130,7 +130,7 @@ async def _via_chat_backend(
         return reply
     await _save(objects, ctx, body, chat, result)
     ctx.first_byte()
-    return web.json_response(result, headers=ctx.headers, dumps=_dumps)
+    return web.json_response(result, dumps=_dumps)
 
 
 async def retrieve_response(request: web.Request) -> web.Response:
