@@ -25,11 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from router.prefix import BYTES_PER_TOKEN, Markers, find_markers, iter_blocks, marked_ttls
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 LOOKBACK_BLOCKS = 20
 AUTOMATIC_TTL = 300
@@ -38,6 +41,7 @@ _SORTED = orjson.OPT_SORT_KEYS
 # hashes ~2.5x faster than BLAKE2b here (1.4 against 0.55 GB/s), and 128 bits keep
 # collisions out of reach for any index size.
 _KEY_BYTES = 16
+_SHA256 = sha256()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,7 @@ def _hash_blocks(body: dict[str, Any], namespace: str, wanted: dict[int, int]) -
     for i, block in enumerate(islice(iter_blocks(body), last + 1)):
         encoded = orjson.dumps(block.payload, option=_SORTED)
         size += len(encoded)
-        running = sha256(digest)
+        running = _hasher(digest)
         running.update(encoded)
         digest = running.digest()[:_KEY_BYTES]
         if i in wanted:
@@ -136,7 +140,7 @@ def _automatic(body: dict[str, Any], namespace: str, minimum: int) -> PrefixChai
     conversation's whole prompt hashes to. Only the messages next to a boundary worth a key
     are encoded alone, to find where it falls.
     """
-    running = sha256(namespace.encode())
+    running = _hasher(namespace.encode())
     size = 0
     tools = body.get("tools")
     if tools:
@@ -184,4 +188,13 @@ def _boundaries(messages: list[Any], total: int, least: int) -> list[int]:
 
 
 def _digest(data: bytes) -> bytes:
-    return sha256(data).digest()[:_KEY_BYTES]
+    return _hasher(data).digest()[:_KEY_BYTES]
+
+
+def _hasher(data: bytes) -> _Hash:
+    """A SHA-256 hasher fed ``data``: a copy of one made at import, because creating one
+    looks the algorithm up in OpenSSL's provider tables each time (~10 µs in the server,
+    against well under 1 µs for a copy)."""
+    running = _SHA256.copy()
+    running.update(data)
+    return running
