@@ -94,6 +94,7 @@ def create_app(
     app[BASE_HEADERS] = {
         "Access-Control-Allow-Origin": config.server.cors_allow_origin,
         "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
+        "Vary": "Origin",
     }
     if store is not None:
         app[STORE] = store

@@ -59,7 +59,7 @@ class PrefixChain:
 
     lookups: list[Prefix] = field(default_factory=list)
     records: list[Prefix] = field(default_factory=list)  # shortest first, a subset of lookups
-    marked: bool = False  # the body carries cache_control (strip it before forwarding)
+    marked: bool = False  # the prefixes are the body's cache_control breakpoints
     automatic: bool = False  # the prefixes are automatic message-boundary ones
 
     @property

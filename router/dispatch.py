@@ -14,11 +14,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
-import orjson
 
 from router.balancer import Balancer, Pool, Replica
 from router.chain import NO_PREFIX, PrefixChain, build_chain
@@ -31,6 +30,7 @@ from router.picker import Picker
 from router.placement import Outcome, Placement, Placer
 from router.prefix import Markers, find_markers
 from router.retry import Attempts, Route, Verdict, end
+from router.rewrite import Outgoing
 from router.store import PrefixStore
 from router.survey import survey_of
 from router.tenants import cache_salt, cache_scope, check_route, scoped_namespace
@@ -47,9 +47,8 @@ class Plan:
     pool: Pool
     chain: PrefixChain
     markers: Markers | None = None  # where the body's cache_control keys are, if any
-    model: str | None = None  # the client's model id (a fallback pool may need it back)
     fallbacks: tuple[Pool, ...] = ()  # the route's other pools, tried in order
-    cache_salt: str | None = None  # vLLM's cache_salt for the tenant (tenants.cache_salt)
+    scope: str | None = None  # the tenant whose KV the request may share (tenants.cache_scope)
     effort: str | None = None  # the request's effort level, for the backend's reasoning_effort
 
     @property
@@ -57,9 +56,13 @@ class Plan:
         return self.pool.backend
 
     @property
-    def marked(self) -> bool:
-        """The body carries cache_control markers (to strip before forwarding)."""
-        return self.chain.marked
+    def cache_salt(self) -> str | None:
+        """vLLM's ``cache_salt`` for the tenant, when this pool's backend takes one."""
+        return cache_salt(self.scope) if self.backend.cache_salt else None
+
+    def on(self, pool: Pool) -> Plan:
+        """This plan for a fallback ``pool``: its backend's settings shape the body."""
+        return replace(self, pool=pool)
 
     @property
     def prompt_cache_key(self) -> str | None:
@@ -121,10 +124,7 @@ class Dispatcher:
         ctx.backend = backend.name
         check_route(ctx, request_type.value, backend.name)  # 403 for a key without the right
         scope = cache_scope(self._config, ctx)
-        salt = cache_salt(scope) if backend.cache_salt else None
         automatic = self._cache.automatic
-        model = chat_body.get("model")
-        model = model if isinstance(model, str) else None
         chain, markers = NO_PREFIX, None
         if automatic or raw is None or b'"cache_control"' in raw:
             found = find_markers(chat_body, surveyed)
@@ -142,9 +142,8 @@ class Dispatcher:
             pool,
             chain,
             markers,
-            model,
             fallbacks=tuple(fallbacks),
-            cache_salt=salt,
+            scope=scope,
             effort=ctx.effort,
         )
 
@@ -165,7 +164,7 @@ class Dispatcher:
 
     @asynccontextmanager
     async def dispatch(
-        self, ctx: RequestContext, plan: Plan, path: str, payload: bytes
+        self, ctx: RequestContext, plan: Plan, path: str, outgoing: Outgoing
     ) -> AsyncIterator[Routed]:
         """Open the upstream request; the replica counts it in flight until the block exits."""
         first = await self._admitted(ctx, plan)
@@ -175,11 +174,13 @@ class Dispatcher:
                 placement = (
                     await first if first is not None else await self.placer.place(pool, plan.chain)
                 )
+                payload = outgoing.payload(plan)
                 return Route(pool, placement.ranking.candidates, payload, placement)
-            # A fallback pool: no affinity there (the index speaks for the first pool only).
+            # A fallback pool: no affinity there (the index speaks for the first pool only),
+            # and a body shaped by its own backend's settings.
             placement = await self.placer.place(pool, NO_PREFIX)
-            body = self._fallback_payload(pool, plan, payload)
-            return Route(pool, placement.ranking.candidates, body, placement)
+            payload = outgoing.payload(plan.on(pool))
+            return Route(pool, placement.ranking.candidates, payload, placement)
 
         def sending(route: Route[Placement], replica: Replica) -> None:
             ctx.cache = route.placement.cache(replica)
@@ -231,16 +232,6 @@ class Dispatcher:
             lookup.add_done_callback(_retrieved)  # the lookup ends on its own; nobody waits
             raise
         return lookup
-
-    def _fallback_payload(self, pool: Pool, plan: Plan, payload: bytes) -> bytes:
-        """A fallback pool gets the first pool's payload with its own model name (or the
-        client's, when it names none)."""
-        wanted = pool.backend.model or plan.model
-        if wanted is None or wanted == (plan.backend.model or plan.model):
-            return payload
-        body = orjson.loads(payload)
-        body["model"] = wanted
-        return orjson.dumps(body)
 
     def _report(
         self,

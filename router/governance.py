@@ -47,22 +47,25 @@ def is_object_route(path: str, method: str) -> bool:
     return path == "/v1/chat/completions" and method == "GET"
 
 
+_VARY_ORIGIN = {"Vary": "Origin"}
+
+
 def base_headers(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
     """The app's CORS headers for a browser's request, or none on object routes unless
     ``server.cors_objects``.
 
     Browsers send ``Origin`` on every cross-origin request (preflights included), and CORS
-    headers mean nothing to any other client: a request without one gets none, which spares
-    SDK and server-to-server traffic the long ``Access-Control-Expose-Headers``.
+    headers mean nothing to any other client: a request without one gets only ``Vary:
+    Origin`` (a cache must not hand its answer to a browser), which spares SDK and
+    server-to-server traffic the long ``Access-Control-Expose-Headers``.
     """
-    if "Origin" not in request.headers:
-        return {}
-    if request.app[CONFIG].server.cors_objects:
-        return headers
-    method = request.method
-    if method == "OPTIONS":  # a preflight asks about the method to come
-        method = request.headers.get("Access-Control-Request-Method", method)
-    return {} if is_object_route(request.path, method.upper()) else headers
+    if not request.app[CONFIG].server.cors_objects:
+        method = request.method
+        if method == "OPTIONS":  # a preflight asks about the method to come
+            method = request.headers.get("Access-Control-Request-Method", method)
+        if is_object_route(request.path, method.upper()):
+            return {}
+    return headers if "Origin" in request.headers else _VARY_ORIGIN
 
 
 @web.middleware

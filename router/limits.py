@@ -177,7 +177,7 @@ def _shape(body: Any, limits: Limits, *, hashing: bool, surveyed: Survey) -> Bre
         values = PLAIN_VALUES * surveyed.plain
         depth = 4  # the body, its messages, a turn, the turn's strings
         if hashing:
-            longest = max(map(len, [*surveyed.plain_contents(), *PLAIN_KEYS]))
+            longest = max(map(len, [*surveyed.plain_strings(), *PLAIN_KEYS]))
     breach = _walk(body, limits, hashing=hashing, values=values, longest=longest)
     if breach is None and depth > limits.max_depth:
         breach = _too_deep(limits)

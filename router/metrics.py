@@ -173,7 +173,7 @@ class Metrics:
             "Age of the replica figures placement reads (absent before the first good scrape).",
             ("backend", "replica"),
             registry=r,
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemax",  # with workers: the stalest view shows
         )
         self.openings = Counter(
             "di_replica_breaker_openings",

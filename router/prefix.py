@@ -148,7 +148,8 @@ def strip_cache_control(body: dict[str, Any], markers: Markers | None = None) ->
     """A copy of ``body`` without any ``cache_control`` (the input is not modified).
 
     ``markers``, from ``find_markers(body)``, says which messages hold one: only those are
-    copied (a long conversation with a marked system prompt copies one message, not all).
+    copied (a long conversation with a marked system prompt copies one message, not all), and
+    with none there the copy shares the client's ``messages`` list.
     """
     stripped = {k: v for k, v in body.items() if k != "cache_control"}
     if isinstance(tools := body.get("tools"), list):

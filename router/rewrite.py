@@ -54,6 +54,11 @@ def _set_nested_effort(body: Body, level: str) -> Body:
     return {**body, "reasoning": {**reasoning, "effort": level}}
 
 
+def _strip_messages(body: Body, _markers: Markers) -> Body:
+    """A Messages body keeps its markers on system, tools and blocks (Anthropic's places)."""
+    return strip_markers(body)
+
+
 def _strip_input(body: Body, _markers: Markers) -> Body:
     """Responses input items have the shape of chat messages: markers sit where they would
     in chat (the markers found on the translated chat body do not index the items)."""
@@ -69,11 +74,24 @@ CHAT = Shape(strip_cache_control, _set_reasoning_effort, prompt_cache_key=True)
 RESPONSES = Shape(_strip_input, _set_nested_effort, prompt_cache_key=True)
 # Anthropic's effort levels are not OpenAI's reasoning_effort values: a Messages body keeps
 # the client's own setting.
-MESSAGES = Shape(lambda body, _markers: strip_markers(body), None, prompt_cache_key=False)
+MESSAGES = Shape(_strip_messages, None, prompt_cache_key=False)
 # The chat body translated from a Messages request, for a chat backend.
 CHAT_FROM_MESSAGES = Shape(
     strip_cache_control, _set_reasoning_effort, prompt_cache_key=True, continues_prefill=True
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A request body on its way upstream: the bytes are made per pool, by its backend's
+    settings (a fallback pool's may differ from the first one's)."""
+
+    body: Body
+    raw: bytes | None = None  # the client's bytes, when ``body`` is what the client sent
+    shape: Shape = CHAT
+
+    def payload(self, plan: Plan) -> bytes:
+        return upstream_body(self.body, self.raw, plan, self.shape)
 
 
 def upstream_body(body: Body, raw: bytes | None, plan: Plan, shape: Shape = CHAT) -> bytes:
@@ -90,8 +108,9 @@ def upstream_body(body: Body, raw: bytes | None, plan: Plan, shape: Shape = CHAT
         and "prompt_cache_key" not in body
     ):
         out = {**out, "prompt_cache_key": key}
-    if plan.cache_salt is not None:
-        out = {**out, "cache_salt": plan.cache_salt}
+    salt = plan.cache_salt
+    if salt is not None:
+        out = {**out, "cache_salt": salt}
     level = backend_value(plan.effort, backend.reasoning_efforts)
     if level is not None and shape.set_effort is not None:
         out = shape.set_effort(out, level)
@@ -106,9 +125,13 @@ def upstream_body(body: Body, raw: bytes | None, plan: Plan, shape: Shape = CHAT
 
 
 def _ends_with_prefill(body: Body) -> bool:
+    """The last turn is the assistant's own text (a turn of tool calls has none to continue)."""
     messages = body.get("messages")
-    return bool(messages) and isinstance(messages, list) and _role(messages[-1]) == "assistant"
-
-
-def _role(message: Any) -> Any:
-    return message.get("role") if isinstance(message, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return False
+    last = messages[-1]
+    return (
+        last.get("role") == "assistant"
+        and isinstance(last.get("content"), str | list)
+        and not last.get("tool_calls")
+    )

@@ -5,8 +5,8 @@ and a string, nothing else. What the router asks of a body (its limits, its vali
 its ``cache_control`` markers) has the same answer for every plain turn: one text block, no
 parts, no marker, no image, not a tool turn, nesting three levels below the body. So one walk
 here finds the turns that need a closer look, and the limits, validation, classification and
-the marker search read only those (router;dur of a 140 KB conversation was four walks of its
-~140 turns before).
+the marker search read only those (before, each of them walked all ~280 turns of a 140 KB
+conversation).
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ class Survey:
         messages = self.messages
         return [messages[i] for i in self.others]
 
-    def plain_contents(self) -> list[str]:
-        """The plain turns' strings (for the rare question that needs their lengths)."""
+    def plain_strings(self) -> list[str]:
+        """The plain turns' strings, roles and contents (for the rare question that needs
+        their lengths)."""
         skip = set(self.others)
-        return [m["content"] for i, m in enumerate(self.messages) if i not in skip]
+        plain = [m for i, m in enumerate(self.messages) if i not in skip]
+        return [m["role"] for m in plain] + [m["content"] for m in plain]
 
 
 EMPTY = Survey([], [])

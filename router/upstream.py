@@ -133,6 +133,7 @@ async def send(
     headers: dict[str, str],
 ) -> aiohttp.ClientResponse:
     """POST ``body`` to ``replica``; return the response with a success status, headers read."""
+    _reused.set(False)  # until the connector says otherwise for this attempt
     try:
         response = await session.post(
             replica.url + path,

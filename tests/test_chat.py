@@ -94,11 +94,13 @@ async def test_cors_headers_go_only_to_requests_with_an_origin(stack: Stack) -> 
                 await bare.read()
                 assert bare.headers["X-Request-Id"]
                 assert not [h for h in bare.headers if h.startswith("Access-Control-")]
+                assert bare.headers["Vary"] == "Origin"  # a cache keeps the two answers apart
             origin = {"Origin": "https://app.example"}
             async with session.post(url, json=body, headers=origin) as browser:
                 await browser.read()
                 assert browser.headers["Access-Control-Allow-Origin"] == "*"
                 assert "X-DI-Backend" in browser.headers["Access-Control-Expose-Headers"]
+                assert browser.headers["Vary"] == "Origin"
         assert [bare.status, browser.status] == [400, 400]  # the last pair: an error
 
 

@@ -390,13 +390,14 @@ def test_the_continuation_fields_go_only_where_configured(
             config, "sim-text", [fake_upstream.url], continue_final_message=continues
         )
 
-    for continues in (True, False):
-        stack = make_stack(edit=edit(continues))
+    stacks = {continues: make_stack(edit=edit(continues)) for continues in (True, False)}
+    for continues, stack in stacks.items():
         with anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as live:
             live.messages.create(model="m", max_tokens=8, messages=PREFILL)
         sent = fake_upstream.upstream.received[-1].body
         assert sent["messages"][-1] == {"role": "assistant", "content": "The colour is"}
         assert sent.get("continue_final_message") is (True if continues else None)
         assert sent.get("add_generation_prompt") is (False if continues else None)
-    stack.client().chat.completions.create(model="m", messages=PREFILL)
+    # A chat client's own trailing assistant turn is its business, even where continuing is on.
+    stacks[True].client().chat.completions.create(model="m", messages=PREFILL)
     assert "continue_final_message" not in fake_upstream.upstream.received[-1].body

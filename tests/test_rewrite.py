@@ -13,7 +13,16 @@ from router.classify import RequestType
 from router.config import BackendConfig
 from router.dispatch import Plan
 from router.prefix import find_markers
-from router.rewrite import CHAT, MESSAGES, RESPONSES, Shape, upstream_body
+from router.rewrite import (
+    CHAT,
+    CHAT_FROM_MESSAGES,
+    MESSAGES,
+    RESPONSES,
+    Outgoing,
+    Shape,
+    upstream_body,
+)
+from router.tenants import cache_salt
 
 EPHEMERAL = {"type": "ephemeral"}
 
@@ -29,8 +38,7 @@ def plan(body: dict[str, Any], effort: str | None = None, **backend: Any) -> Pla
         Pool(config, []),
         chain,
         markers if markers.keys else None,
-        body.get("model"),
-        cache_salt="salt" if config.cache_salt else None,
+        scope="team-a",
         effort=effort,
     )
 
@@ -60,7 +68,7 @@ def test_chat_gets_model_salt_effort_and_loses_its_markers() -> None:
         )
     )
     assert sent["model"] == "up"
-    assert sent["cache_salt"] == "salt"
+    assert sent["cache_salt"] == cache_salt("team-a")
     assert sent["reasoning_effort"] == "high"
     assert b"cache_control" not in orjson.dumps(sent)
     assert sent["messages"][1] == {"role": "user", "content": "hi"}
@@ -101,3 +109,55 @@ def test_messages_keep_their_own_effort_and_take_no_prompt_cache_key() -> None:
     )
     assert "reasoning_effort" not in sent and "prompt_cache_key" not in sent
     assert sent["system"] == [{"type": "text", "text": "s"}]
+
+
+def test_a_fallback_pool_gets_a_body_shaped_by_its_own_backend() -> None:
+    """The first pool strips markers, salts and continues a prefill; a plain OpenAI-style
+    fallback must get none of its fields, only its own model."""
+    prefill = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "s", "cache_control": EPHEMERAL}],
+            },
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "The colour is"},
+        ],
+    }
+    first = plan(prefill, cache_salt=True, continue_final_message=True)
+    fallback = BackendConfig.model_validate(
+        {
+            "name": "spare",
+            "model": "gpt-x",
+            "forward_cache_control": True,
+            "replicas": [{"id": "s0", "url": "http://127.0.0.1:2"}],
+        }
+    )
+    outgoing = Outgoing(prefill, orjson.dumps(prefill), CHAT_FROM_MESSAGES)
+    primary = orjson.loads(outgoing.payload(first))
+    assert primary["continue_final_message"] is True and "cache_salt" in primary
+    spare = orjson.loads(outgoing.payload(first.on(Pool(fallback, []))))
+    assert spare["model"] == "gpt-x"
+    assert "continue_final_message" not in spare and "cache_salt" not in spare
+    assert spare["messages"] == prefill["messages"]  # forward_cache_control: markers kept
+
+
+def test_a_prefill_is_text_to_continue_not_a_tool_call() -> None:
+    calls = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+                ],
+            },
+        ],
+    }
+    sent = orjson.loads(
+        upstream_body(calls, None, plan(calls, continue_final_message=True), CHAT_FROM_MESSAGES)
+    )
+    assert "continue_final_message" not in sent

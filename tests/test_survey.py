@@ -72,7 +72,7 @@ def test_plain_turns_are_a_known_role_and_a_string_and_nothing_else() -> None:
     found = survey(turns)
     assert found.others == [1, 2, 3, 4, 6]
     assert found.plain == 2
-    assert found.plain_contents() == ["hi", "hello"]
+    assert found.plain_strings() == ["user", "assistant", "hi", "hello"]
     assert survey("not a list").messages == []
 
 
@@ -116,11 +116,13 @@ def test_stripping_only_the_marked_turns_equals_stripping_all(
     st.integers(1, 8),
     st.integers(5, 120),
     st.booleans(),
+    st.integers(5, 12),  # around the keys' and roles' own lengths ("model": 5, "assistant": 9)
 )
 def test_limits_count_plain_turns_as_if_walked(
-    turns: list[Any], depth: int, values: int, hashing: bool
+    turns: list[Any], depth: int, values: int, hashing: bool, longest: int
 ) -> None:
-    limits = Limits.of(LimitsConfig(max_depth=depth, max_json_values=values, max_hashed_string=4))
+    config = LimitsConfig(max_depth=depth, max_json_values=values, max_hashed_string=longest)
+    limits = Limits.of(config)
     body = {"model": "m", "messages": turns}
     fast = check(body, limits, hashing=hashing, surveyed=survey(turns))
     walked = check(body, limits, hashing=hashing, surveyed=unsurveyed(body))

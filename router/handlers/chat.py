@@ -9,7 +9,7 @@ from router import effort
 from router.handlers.common import context, read_json, relay_json, relay_sse
 from router.handlers.stored_chat import StreamAssembler, save, tell_stream
 from router.keys import DISPATCHER, OBJECTS
-from router.rewrite import upstream_body
+from router.rewrite import Outgoing
 from router.validate import check_chat
 
 
@@ -20,11 +20,11 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     ctx.effort = effort.resolve(request.headers, request.query, body)
     dispatcher = request.app[DISPATCHER]
     plan = dispatcher.plan(body, ctx, raw)
-    payload = upstream_body(body, raw, plan)
     store = body.get("store") is True
     assembler = StreamAssembler() if store and body.get("stream") else None
     data = b""
-    async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
+    outgoing = Outgoing(body, raw)
+    async with dispatcher.dispatch(ctx, plan, "/chat/completions", outgoing) as routed:
         if body.get("stream"):
             response = await relay_sse(
                 request, routed, ctx, body["model"], assembler.feed if assembler else None

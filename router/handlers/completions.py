@@ -10,7 +10,7 @@ from router import effort
 from router.errors import InvalidRequest
 from router.handlers.common import context, read_json, relay_json, relay_sse
 from router.keys import DISPATCHER
-from router.rewrite import upstream_body
+from router.rewrite import Outgoing
 from router.validate import check_model, check_sampling
 
 
@@ -24,8 +24,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     dispatcher = request.app[DISPATCHER]
     # A prompt string carries no messages, tools or formats: always the text pool.
     plan = dispatcher.plan({"model": body["model"]}, ctx)
-    payload = upstream_body(body, raw, plan)
-    async with dispatcher.dispatch(ctx, plan, "/completions", payload) as routed:
+    async with dispatcher.dispatch(ctx, plan, "/completions", Outgoing(body, raw)) as routed:
         if body.get("stream"):
             return await relay_sse(request, routed, ctx, body["model"])
         response, _ = await relay_json(routed, ctx, body["model"])

@@ -34,7 +34,7 @@ from router.handlers.common import (
 )
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
-from router.rewrite import CHAT_FROM_MESSAGES, MESSAGES, upstream_body
+from router.rewrite import CHAT_FROM_MESSAGES, MESSAGES, Outgoing
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:
@@ -77,9 +77,7 @@ async def _via_messages_backend(
 ) -> web.StreamResponse:
     """The backend speaks Messages itself: pass the client's body through."""
     dispatcher = request.app[DISPATCHER]
-    async with dispatcher.dispatch(
-        ctx, plan, "/messages", upstream_body(body, raw, plan, MESSAGES)
-    ) as routed:
+    async with dispatcher.dispatch(ctx, plan, "/messages", Outgoing(body, raw, MESSAGES)) as routed:
         if body.get("stream"):
             return await relay_sse(request, routed, ctx, body["model"], ends=messages_stream_end)
         response, _ = await relay_json(routed, ctx, body["model"])
@@ -97,8 +95,8 @@ async def _via_chat_backend(
     dispatcher = request.app[DISPATCHER]
     message_id = f"msg_{uuid.uuid4().hex}"
     stops = chat.get("stop") or ()
-    payload = upstream_body(chat, None, plan, CHAT_FROM_MESSAGES)
-    async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
+    outgoing = Outgoing(chat, shape=CHAT_FROM_MESSAGES)
+    async with dispatcher.dispatch(ctx, plan, "/chat/completions", outgoing) as routed:
         if body.get("stream"):
             events = ChatToMessageEvents(
                 message_id=message_id, model=body["model"], stop_sequences=stops

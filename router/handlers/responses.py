@@ -41,7 +41,7 @@ from router.responses import (
     request_to_chat,
     response_to_history,
 )
-from router.rewrite import RESPONSES, upstream_body
+from router.rewrite import RESPONSES, Outgoing
 from router.tenants import owner
 from router.validate import check_cache_markers, check_model
 
@@ -75,10 +75,10 @@ async def _via_responses_backend(
 ) -> web.StreamResponse:
     """The backend speaks the Responses API itself: pass the body through, keep a copy."""
     objects = request.app[OBJECTS]
-    payload = upstream_body(body, raw, plan, RESPONSES)
+    outgoing = Outgoing(body, raw, RESPONSES)
     final = FinalResponse()
     data = b""
-    async with request.app[DISPATCHER].dispatch(ctx, plan, "/responses", payload) as routed:
+    async with request.app[DISPATCHER].dispatch(ctx, plan, "/responses", outgoing) as routed:
         if body.get("stream"):
             reply = await relay_sse(
                 request, routed, ctx, body["model"], final.feed, ends=responses_stream_end
@@ -107,8 +107,7 @@ async def _via_chat_backend(
     dispatcher = request.app[DISPATCHER]
     response_id = f"resp_{uuid.uuid4().hex}"
     created_at = int(time.time())
-    payload = upstream_body(chat, None, plan)
-    async with dispatcher.dispatch(ctx, plan, "/chat/completions", payload) as routed:
+    async with dispatcher.dispatch(ctx, plan, "/chat/completions", Outgoing(chat)) as routed:
         if body.get("stream"):
             events = ChatToResponseEvents(
                 request=body, response_id=response_id, created_at=created_at
