@@ -1,9 +1,11 @@
 """Placement: where a request's prefixes are, where it goes, and what its answer teaches.
 
 ``place`` looks the request's prefix chain up in the index (one round trip) and has the
-picker rank the pool. ``dispatched`` records the prefixes for the replica a request is sent
-to, before the answer, so a burst of first requests converges. ``report`` is fed once per
-attempt with what happened, and trusts only that:
+picker rank the pool. A lookup that finds nothing records, in the same step, the replica the
+picker proposes for the new prefixes (a ``Claim``), so of several routers placing one new
+prefix at once the first decides for all. ``dispatched`` records the prefixes for the replica
+a request is sent to otherwise, before the answer, so a burst of first requests converges.
+``report`` is fed once per attempt with what happened, and trusts only that:
 
 * a fault (refused connection, timeout, 5xx, a stream that broke) removes the replica from
   the holders of the request's prefixes at once;
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from router.balancer import Pool, Replica
 from router.chain import Prefix, PrefixChain
 from router.picker import Picker, Ranking
-from router.store import Found, PrefixStore
+from router.store import Claim, Found, PrefixStore
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Placement:
     found: Found | None
     ranking: Ranking
     degraded: bool  # the shared index did not answer
+    claimed: str | None = None  # the lookup recorded the new prefixes for this replica
 
     @property
     def matched(self) -> Prefix | None:
@@ -86,12 +89,25 @@ class Placer:
     async def place(self, pool: Pool, chain: PrefixChain) -> Placement:
         if not chain.lookups or not self._affinity:
             return Placement(chain, None, self._picker.rank(pool), degraded=False)
-        result = await self._store.lookup(chain.lookups)
+        key = chain.placement_key
+        proposals: list[Ranking] = []
+
+        def propose() -> str:
+            proposals.append(self._picker.rank(pool, key=key))
+            return proposals[0].candidates[0].id
+
+        claim = Claim(chain.records, propose) if chain.records else None
+        result = await self._store.lookup(chain.lookups, claim)
         found = result.found
-        ranking = self._picker.rank(
-            pool, holders=found.holders if found else (), key=chain.placement_key
-        )
-        return Placement(chain, found, ranking, result.degraded)
+        if found is None and proposals:
+            # Keep to the proposal even when the index did not answer in time: the claim
+            # may still land there.
+            ranking = proposals[0]
+        else:
+            holders = found.holders if found else ()
+            ranking = self._picker.rank(pool, holders=holders, key=key)
+        claimed = ranking.candidates[0].id if result.claimed else None
+        return Placement(chain, found, ranking, result.degraded, claimed)
 
     def dispatched(self, placement: Placement, replica: Replica) -> None:
         """Record the request's prefixes for ``replica`` as it is sent."""
@@ -109,6 +125,8 @@ class Placer:
                 self._store.record(beyond, replica.id, first=True)
             return
         if found is None or matched is None:
+            if placement.claimed == replica.id:
+                return  # the lookup recorded it
             # A new prefix: the first placement wins if another router placed it meanwhile.
             self._store.record(chain.records, replica.id, first=True)
             return

@@ -2,8 +2,9 @@
 
 Keys are built by ``RedisPrefixStore.key`` alone: ``<key_prefix>px:<prefix hash>``, a set of
 replica ids, always with the prefix's TTL. A lookup is one Lua script (longest prefix first,
-TTLs refreshed), so the request waits one round trip; records (a script with ``SET NX``
-semantics when ``first``) and forgets are written off the request's path.
+TTLs refreshed; when nothing is found, the request's claim is recorded by the same script),
+so the request waits one round trip; records (a script with ``SET NX`` semantics when
+``first``) and forgets are written off the request's path.
 
 Redis is an accelerator, not a dependency:
 
@@ -23,27 +24,39 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router.chain import Prefix
-from router.store import Found, Lookup, MemoryPrefixStore, PrefixStore
+from router.store import Claim, Found, Lookup, MemoryPrefixStore, PrefixStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
+# KEYS[1..n]: the looked-up prefixes, shortest first; ARGV[1]: n; ARGV[2]: the claimant ('' for
+# none); ARGV[3..]: each key's TTL. Longest prefix first; refreshes the TTL of the hit and of
+# every shorter prefix it holds. When none has holders and there is a claimant, KEYS[n+1..] (the
+# prefixes to record) get it as their holder: {0, {claimant}} says the claim was recorded.
 _LOOKUP_LUA = """
-for i = #KEYS, 1, -1 do
+local n = tonumber(ARGV[1])
+for i = n, 1, -1 do
   local holders = redis.call('SMEMBERS', KEYS[i])
   if #holders > 0 then
-    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j]) end
+    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j + 2]) end
     return {i, holders}
   end
 end
-return false
+if ARGV[2] == '' then return false end
+for i = n + 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('SADD', KEYS[i], ARGV[2])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+  end
+end
+return {0, {ARGV[2]}}
 """
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
 # placement wins); ARGV[3..]: each key's TTL.
@@ -107,13 +120,21 @@ class RedisPrefixStore(PrefixStore):
     def down(self) -> bool:
         return self._clock() < self._down_until
 
-    async def lookup(self, prefixes: Sequence[Prefix]) -> Lookup:
+    async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
-            return Lookup(self.local.get(prefixes), degraded=True)
+            return replace(self.local.claim_or_get(prefixes, claim), degraded=True)
+        # A prefix this process recorded so recently that its write may still be on its way
+        # is not new: claim nothing for it (the repair below puts it back in Redis).
+        claimant = ""
+        if claim is not None and self._pending(prefixes) is None:
+            claimant = claim.propose()
         keys = [self.key(p.key) for p in prefixes]
-        ttls = [p.ttl for p in prefixes]
+        args: list[Any] = [len(prefixes), claimant, *(p.ttl for p in prefixes)]
+        if claim is not None and claimant:
+            keys += [self.key(p.key) for p in claim.records]
+            args += [p.ttl for p in claim.records]
         task = self._track(
-            asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=ttls))
+            asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=args))
         )
         try:
             answer = await asyncio.wait_for(asyncio.shield(task), self._timeout)
@@ -121,14 +142,19 @@ class RedisPrefixStore(PrefixStore):
             self._fault(exc)
             if not task.done():
                 # Too late for this request, not for the next ones: learn from the answer.
-                task.add_done_callback(lambda done: self._learn(done, prefixes))
+                task.add_done_callback(lambda done: self._learn(done, prefixes, claim))
             return Lookup(self.local.get(prefixes), degraded=True)
         self._failures = 0
+        if _claimed(answer):
+            assert claim is not None
+            for record in claim.records:
+                self.local.replace(record, (claimant,), ours=True)
+            return Lookup(None, claimed=True)
         remote = _found(answer)
         # When Redis answers it is the truth (another router may have removed a failed
         # holder), except for what this process recorded so recently that its write may still
         # be on its way; read after the answer, so records made meanwhile count too.
-        pending = self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
+        pending = self._pending(prefixes)
         if pending is not None and (remote is None or pending.index > remote.index):
             # Put it (back) in Redis: the write may have been lost with a restart, and if
             # it is merely late, first-placement-wins makes the repeat harmless.
@@ -139,10 +165,22 @@ class RedisPrefixStore(PrefixStore):
             self.local.replace(prefixes[remote.index], remote.holders)
         return Lookup(remote)
 
-    def _learn(self, task: asyncio.Task[Any], prefixes: Sequence[Prefix]) -> None:
+    def _pending(self, prefixes: Sequence[Prefix]) -> Found | None:
+        """The longest of ``prefixes`` this process recorded within the write window."""
+        return self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
+
+    def _learn(
+        self, task: asyncio.Task[Any], prefixes: Sequence[Prefix], claim: Claim | None
+    ) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        if (remote := _found(task.result())) is not None:
+        answer = task.result()
+        if _claimed(answer):
+            assert claim is not None
+            holder = bytes(answer[1][0]).decode()
+            for record in claim.records:
+                self.local.replace(record, (holder,))
+        elif (remote := _found(answer)) is not None:
             self.local.replace(prefixes[remote.index], remote.holders)
 
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
@@ -242,8 +280,13 @@ class RedisPrefixStore(PrefixStore):
         await self.redis.aclose()
 
 
+def _claimed(answer: Any) -> bool:
+    """The lookup script recorded the claim (its answer is {0, {claimant}})."""
+    return bool(answer) and int(answer[0]) == 0
+
+
 def _found(answer: Any) -> Found | None:
     """The lookup script's answer: false, or {1-based index, holders}."""
-    if not answer:
+    if not answer or _claimed(answer):
         return None
     return Found(int(answer[0]) - 1, tuple(bytes(h).decode() for h in answer[1]))

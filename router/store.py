@@ -9,6 +9,13 @@ round trip and finds the longest known prefix among the request's candidates; ``
 replica holds yet, so when two routers place one new prefix at once the first placement wins.
 ``first=False`` adds a holder (a hot prefix spilling onto another replica, or a replica that
 served a request for it anyway).
+
+A lookup may carry a ``Claim``: where this router would place the request's prefixes if no
+replica holds any of them yet. When none does, the store records the claim in the same step
+as the lookup (in Redis, the same script), so of several routers placing one new prefix at
+once exactly one decides, and the others' lookups find its choice, whatever loads each of
+them saw. Recording only after the dispatch left a window of one round trip in which two
+routers could each place a burst's first request on a different replica.
 """
 
 from __future__ import annotations
@@ -55,13 +62,24 @@ class Found:
 class Lookup:
     found: Found | None
     degraded: bool = False  # the shared index did not answer; this is local knowledge only
+    claimed: bool = False  # nothing was found and the claim was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Where to place a request's new prefixes: ``records`` for the replica ``propose()``
+    names. ``propose`` is called at most once, and only when the store may need it."""
+
+    records: Sequence[Prefix]
+    propose: Callable[[], str]
 
 
 class PrefixStore(ABC):
     @abstractmethod
-    async def lookup(self, prefixes: Sequence[Prefix]) -> Lookup:
+    async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         """The longest of ``prefixes`` (shortest first) with holders; refreshes its TTL and
-        those of the shorter ones."""
+        those of the shorter ones. With ``claim``, when none has holders, records the claim
+        (as ``record(first=True)``) before any other lookup can look."""
 
     @abstractmethod
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
@@ -125,8 +143,16 @@ class MemoryPrefixStore(PrefixStore):
             return Found(index, tuple(entry.holders))
         return None
 
-    async def lookup(self, prefixes: Sequence[Prefix]) -> Lookup:
-        return Lookup(self.get(prefixes))
+    async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
+        return self.claim_or_get(prefixes, claim)
+
+    def claim_or_get(self, prefixes: Sequence[Prefix], claim: Claim | None) -> Lookup:
+        """``lookup`` without a suspension point: no other request runs in between."""
+        found = self.get(prefixes)
+        if found is not None or claim is None:
+            return Lookup(found)
+        self.record(claim.records, claim.propose(), first=True)
+        return Lookup(None, claimed=True)
 
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
         now = self._clock()
@@ -143,11 +169,13 @@ class MemoryPrefixStore(PrefixStore):
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
-    def replace(self, prefix: Prefix, holders: Sequence[str]) -> None:
-        """Set ``prefix``'s holders to what the shared index says (another router's news)."""
+    def replace(self, prefix: Prefix, holders: Sequence[str], *, ours: bool = False) -> None:
+        """Set ``prefix``'s holders to what the shared index says: another router's news, or
+        (``ours``) a placement this process made there, which counts as recorded now."""
         if holders:
             now = self._clock()
-            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), now + prefix.ttl, -1.0)
+            recorded = now if ours else -1.0
+            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), now + prefix.ttl, recorded)
 
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         for prefix in prefixes:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from router.chain import Prefix
 from router.metrics import Metrics
 from router.redis_store import RedisPrefixStore
-from router.store import Lookup, PrefixStore
+from router.store import Claim, Lookup, PrefixStore
 
 
 class TimedStore(PrefixStore):
@@ -23,9 +23,9 @@ class TimedStore(PrefixStore):
         self._metrics = metrics
         self._kind = "redis" if isinstance(store, RedisPrefixStore) else "memory"
 
-    async def lookup(self, prefixes: Sequence[Prefix]) -> Lookup:
+    async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         started = time.perf_counter()
-        result = await self.inner.lookup(prefixes)
+        result = await self.inner.lookup(prefixes, claim)
         found = "hit" if result.found is not None else "miss"
         outcome = "degraded" if result.degraded else found
         self._metrics.prefix_lookup(self._kind, outcome, time.perf_counter() - started)

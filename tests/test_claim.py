@@ -1,0 +1,162 @@
+"""Claims: a lookup that finds nothing records where its router places the new prefix, so
+routers that see different loads still agree on one replica for a burst's first requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from router.balancer import Balancer, Pool
+from router.chain import Prefix, PrefixChain
+from router.config import RouterConfig
+from router.picker import Picker
+from router.placement import Outcome, Placer
+from router.redis_store import RedisPrefixStore
+from router.store import Claim, MemoryPrefixStore, PrefixStore
+
+from .conftest import RedisServer, free_port
+
+
+@dataclass
+class Router:
+    """What one router process places with: its own view of the pool's loads, its store."""
+
+    pool: Pool
+    placer: Placer
+    store: PrefixStore
+
+
+def router(store: PrefixStore, *in_flight: int) -> Router:
+    config = RouterConfig.model_validate(
+        {
+            "backends": [
+                {
+                    "name": "pool",
+                    "replicas": [
+                        {"id": f"r{i}", "url": f"http://127.0.0.1:{9000 + i}/v1"}
+                        for i in range(len(in_flight))
+                    ],
+                }
+            ],
+            "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
+        }
+    )
+    pool = Balancer(config).pools["pool"]
+    for replica, count in zip(pool.replicas, in_flight, strict=True):
+        replica.in_flight = count
+    return Router(pool, Placer(store, Picker(config.routing)), store)
+
+
+def chain(name: str) -> PrefixChain:
+    system = Prefix(f"{name}-system", 300, 2000)
+    turn = Prefix(f"{name}-turn", 300, 2100)
+    return PrefixChain([system, turn], [system, turn], marked=True)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[list[RedisPrefixStore]]:
+    """Two routers' stores on one Redis."""
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer()
+        clients: list[Any] = [fakeredis.FakeAsyncRedis(server=server) for _ in range(2)]
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        clients = [Redis.from_url(redis_server.url) for _ in range(2)]
+    stores = [RedisPrefixStore(client, key_prefix="claim:", timeout=1.0) for client in clients]
+    yield stores
+    for store in stores:
+        await store.aclose()
+
+
+async def test_routers_that_see_different_loads_place_a_burst_on_one_replica(
+    shared: list[RedisPrefixStore],
+) -> None:
+    # Each router thinks a different replica is the least loaded, so alone each would place a
+    # new prefix on its own choice.
+    a = router(shared[0], 0, 5, 5, 5)
+    b = router(shared[1], 5, 5, 5, 0)
+    for n in range(10):
+        request = chain(f"burst-{n}")
+        placements = await asyncio.gather(
+            *(r.placer.place(r.pool, request) for r in (a, b, a, b, a, b))
+        )
+        firsts = {p.ranking.candidates[0].id for p in placements}
+        assert len(firsts) == 1, firsts
+        assert firsts <= {"r0", "r3"}  # the proposal of whichever router came first
+        assert sum(p.claimed is not None for p in placements) == 1
+        # Everyone else found the claim: a hit on the claimed replica.
+        assert sum(p.found is not None for p in placements) == 5
+
+
+async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
+    shared: list[RedisPrefixStore],
+) -> None:
+    request = chain("held")
+    shared[0].record(request.records, "r2", first=True)
+    await shared[0].flush()
+    proposed: list[str] = []
+
+    def propose() -> str:
+        proposed.append("r1")
+        return "r1"
+
+    result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
+    assert not result.claimed
+    assert result.found is not None and result.found.holders == ("r2",)
+    assert (await shared[0].lookup(request.lookups)).found.holders == ("r2",)  # type: ignore[union-attr]
+
+
+async def test_a_claimed_replica_that_fails_is_forgotten_and_the_prefix_placed_afresh(
+    shared: list[RedisPrefixStore],
+) -> None:
+    a = router(shared[0], 0, 5, 5)
+    b = router(shared[1], 5, 5, 0)
+    request = chain("fails")
+    placed = await a.placer.place(a.pool, request)
+    assert placed.claimed == "r0"
+    refused = a.pool.replicas[0]
+    a.placer.dispatched(placed, refused)
+    a.placer.report(placed, refused, Outcome.REFUSED)
+    await shared[0].flush()
+    again = await b.placer.place(b.pool, request)
+    assert again.claimed == "r2" and again.ranking.candidates[0].id == "r2"
+
+
+async def test_in_one_process_a_claim_holds_across_a_wait_before_the_dispatch() -> None:
+    """Between a lookup and its dispatch a request may wait (a rate-limit check): a second
+    request looked up meanwhile still finds the first one's replica."""
+    store = MemoryPrefixStore()
+    one = router(store, 0, 0, 0)
+    request = chain("waits")
+    first = await one.placer.place(one.pool, request)
+    chosen = first.ranking.candidates[0]
+    chosen.in_flight += 3  # as the first request is sent, the picker would now look elsewhere
+    second = await one.placer.place(one.pool, request)
+    assert second.found is not None and second.ranking.candidates[0] is chosen
+    assert second.cache(chosen) == "hit"
+
+
+async def test_with_redis_down_the_claim_is_kept_in_process() -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    store = RedisPrefixStore(
+        Redis.from_url(nobody, socket_connect_timeout=0.5), failure_threshold=1, timeout=0.5
+    )
+    try:
+        assert (await store.lookup([Prefix("warm", 300, 2000)])).degraded
+        assert store.down
+        one = router(store, 0, 0, 0)
+        request = chain("outage")
+        first = await one.placer.place(one.pool, request)
+        assert first.degraded and first.claimed is not None
+        claimed = next(r for r in one.pool.replicas if r.id == first.claimed)
+        claimed.in_flight += 3
+        second = await one.placer.place(one.pool, request)
+        assert second.ranking.candidates[0] is claimed
+    finally:
+        await store.aclose()
