@@ -125,10 +125,17 @@ class Placer:
                 self._store.record(beyond, replica.id, first=True)
             return
         if found is None or matched is None:
-            if placement.claimed == replica.id:
-                return  # the lookup recorded it
-            # A new prefix: the first placement wins if another router placed it meanwhile.
-            self._store.record(chain.records, replica.id, first=True)
+            claimed = placement.claimed
+            if claimed is None:
+                # A new prefix: the first placement wins if another router placed it meanwhile.
+                self._store.record(chain.records, replica.id, first=True)
+                return
+            if claimed != replica.id:
+                # The claimed replica was passed over (it failed, or its breaker opened since
+                # the lookup): this one holds the prefixes instead.
+                self._store.forget(chain.records, claimed)
+            # Confirm the claim (or its replacement) for the prefixes' whole TTL.
+            self._store.record(chain.records, replica.id, first=False)
             return
         # The holders were overloaded or out of use: this replica joins them.
         within = [p for p in chain.records if p.tokens <= longest and p.key != matched.key]

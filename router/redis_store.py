@@ -4,7 +4,7 @@ Keys are built by ``RedisPrefixStore.key`` alone: ``<key_prefix>px:<prefix hash>
 replica ids, always with the prefix's TTL. A lookup is one Lua script (longest prefix first,
 TTLs refreshed; when nothing is found, the request's claim is recorded by the same script),
 so the request waits one round trip; records (a script with ``SET NX`` semantics when
-``first``) and forgets are written off the request's path.
+``first``) and forgets are written off the request's path, in order, by one writer.
 
 Redis is an accelerator, not a dependency:
 
@@ -13,9 +13,10 @@ Redis is an accelerator, not a dependency:
   outage (with rendezvous placement of new prefixes, which needs no shared state);
 * a slow or failed command counts as a fault; only ``failure_threshold`` faults in a row
   mark Redis down, for ``retry_after`` seconds, and one success clears the count;
-* each command runs in its own task, awaited through ``asyncio.shield``: a client that goes
-  away, or the lookup deadline, abandons the wait, never the command, so its connection goes
-  back to the pool whole instead of being dropped halfway through a reply.
+* each lookup (and each batch of writes) runs in its own task, awaited through
+  ``asyncio.shield``: a client that goes away, or the lookup deadline, abandons the wait,
+  never the command, so its connection goes back to the pool whole instead of being dropped
+  halfway through a reply.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError, RedisError
 
 from router.chain import Prefix
 from router.store import Claim, Found, Lookup, MemoryPrefixStore, PrefixStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 
 # KEYS[1..n]: the looked-up prefixes, shortest first; ARGV[1]: n; ARGV[2]: the claimant ('' for
 # none); ARGV[3..]: each key's TTL. Longest prefix first; refreshes the TTL of the hit and of
@@ -70,6 +74,7 @@ end
 return #KEYS
 """
 _FAULTS = (RedisError, OSError, TimeoutError)
+_MAX_QUEUED = 10_000  # writes waiting for Redis at most
 _WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
 
 
@@ -97,6 +102,8 @@ class RedisPrefixStore(PrefixStore):
         self._failures = 0
         self._down_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue: deque[Write] = deque(maxlen=_MAX_QUEUED)  # writes waiting, oldest first
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 1024, **kwargs: Any) -> RedisPrefixStore:
@@ -123,16 +130,17 @@ class RedisPrefixStore(PrefixStore):
     async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
             return replace(self.local.claim_or_get(prefixes, claim), degraded=True)
-        # A prefix this process recorded so recently that its write may still be on its way
-        # is not new: claim nothing for it (the repair below puts it back in Redis).
+        # Claim only prefixes this process knows nothing of: a known one is not new (and one
+        # it recorded so recently that the write may still be on its way is put back below).
+        # A known prefix also spares the request a second ranking.
         claimant = ""
-        if claim is not None and self._pending(prefixes) is None:
+        if claim is not None and self.local.get(prefixes) is None:
             claimant = claim.propose()
         keys = [self.key(p.key) for p in prefixes]
         args: list[Any] = [len(prefixes), claimant, *(p.ttl for p in prefixes)]
         if claim is not None and claimant:
             keys += [self.key(p.key) for p in claim.records]
-            args += [p.ttl for p in claim.records]
+            args += [claim.ttl(p) for p in claim.records]
         task = self._track(
             asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=args))
         )
@@ -142,13 +150,13 @@ class RedisPrefixStore(PrefixStore):
             self._fault(exc)
             if not task.done():
                 # Too late for this request, not for the next ones: learn from the answer.
-                task.add_done_callback(lambda done: self._learn(done, prefixes, claim))
+                task.add_done_callback(lambda done: self._learn(done, prefixes, claim, claimant))
             return Lookup(self.local.get(prefixes), degraded=True)
         self._failures = 0
         if _claimed(answer):
             assert claim is not None
             for record in claim.records:
-                self.local.replace(record, (claimant,), ours=True)
+                self.local.replace(record, (claimant,), ours=True, ttl=claim.ttl(record))
             return Lookup(None, claimed=True)
         remote = _found(answer)
         # When Redis answers it is the truth (another router may have removed a failed
@@ -170,18 +178,31 @@ class RedisPrefixStore(PrefixStore):
         return self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
 
     def _learn(
-        self, task: asyncio.Task[Any], prefixes: Sequence[Prefix], claim: Claim | None
+        self,
+        task: asyncio.Task[Any],
+        prefixes: Sequence[Prefix],
+        claim: Claim | None,
+        claimant: str,
     ) -> None:
+        """A lookup answered after its request stopped waiting: keep what is news, and
+        settle a claim the request could not see land."""
         if task.cancelled() or task.exception() is not None:
             return
         answer = task.result()
         if _claimed(answer):
             assert claim is not None
-            holder = bytes(answer[1][0]).decode()
-            for record in claim.records:
-                self.local.replace(record, (holder,))
+            records = list(claim.records)
+            if claimant in self.local.holders(records[-1]):
+                # The request went there: confirm the claim for the prefixes' whole TTL.
+                self._write(self._record_call(records, claimant, first=False))
+            else:
+                # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
+                # claim must not bring it back.
+                self._remove(records, claimant)
         elif (remote := _found(answer)) is not None:
-            self.local.replace(prefixes[remote.index], remote.holders)
+            prefix = prefixes[remote.index]
+            if not self.local.holders(prefix):  # what this process learnt since is newer
+                self.local.replace(prefix, remote.holders)
 
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
         self.local.record(prefixes, replica, first=first)
@@ -191,33 +212,66 @@ class RedisPrefixStore(PrefixStore):
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         self.local.forget(prefixes, replica)
         if prefixes and not self.down:
-            keys = [self.key(p.key) for p in prefixes]
+            self._remove(prefixes, replica)
 
-            async def remove() -> None:
-                pipe = self.redis.pipeline(transaction=False)
-                for key in keys:
-                    pipe.srem(key, replica)
-                await pipe.execute()
+    def _remove(self, prefixes: Sequence[Prefix], replica: str) -> None:
+        """Take ``replica`` out of the prefixes' holders in Redis (not in process)."""
+        keys = [self.key(p.key) for p in prefixes]
 
-            self._write(remove)
+        def remove(pipe: Pipeline) -> None:
+            for key in keys:
+                pipe.srem(key, replica)
 
-    def _record_call(
-        self, prefixes: Sequence[Prefix], replica: str, *, first: bool
-    ) -> Callable[[], Awaitable[Any]]:
+        self._write(remove)
+
+    def _record_call(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> Write:
         keys = [self.key(p.key) for p in prefixes]
         args: list[Any] = [replica, "1" if first else "0", *(p.ttl for p in prefixes)]
-        return lambda: self._record_script(keys=keys, args=args)
+        sha = self._record_script.sha
+        return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
 
-    def _write(self, call: Callable[[], Awaitable[Any]]) -> None:
-        async def write() -> None:
+    def _write(self, write: Write) -> None:
+        """Queue a write; one writer sends the queue in order, a pipeline per round trip.
+
+        In order, because a process's writes to one prefix must land as it made them: a
+        record, then the forget of a replica that failed at once, must not arrive the other
+        way round. When Redis is too slow for the queue, its oldest writes are dropped (the
+        in-process index still has them, and a lookup puts recent ones back)."""
+        self._queue.append(write)
+        if self._writer is None:
+            self._writer = self._track(asyncio.get_running_loop().create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = list(self._queue)
+                self._queue.clear()
+                sent = self._track(asyncio.get_running_loop().create_task(self._send(batch)))
+                try:
+                    await asyncio.wait_for(asyncio.shield(sent), self._timeout * 4)
+                except _FAULTS as exc:
+                    self._fault(exc)
+                    if not sent.done():
+                        await asyncio.wait({sent})  # the next batch goes after this one
+                else:
+                    self._failures = 0
+        finally:
+            self._writer = None
+
+    async def _send(self, batch: list[Write]) -> None:
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for write in batch:
+                write(pipe)
             try:
-                await self._shielded(call, self._timeout * 4)
-            except _FAULTS as exc:
-                self._fault(exc)
-            else:
-                self._failures = 0
-
-        self._track(asyncio.get_running_loop().create_task(write()))
+                await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                # Redis restarted and lost its scripts. The batch is sent again whole: a
+                # record or a removal applied twice in the same order ends the same.
+                await self.redis.script_load(_RECORD_LUA)
 
     async def _shielded(self, call: Callable[[], Awaitable[T]], wait: float) -> T:
         """Run ``call`` in its own task; stop waiting after ``wait`` seconds, never cancel it."""

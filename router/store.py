@@ -15,7 +15,10 @@ replica holds any of them yet. When none does, the store records the claim in th
 as the lookup (in Redis, the same script), so of several routers placing one new prefix at
 once exactly one decides, and the others' lookups find its choice, whatever loads each of
 them saw. Recording only after the dispatch left a window of one round trip in which two
-routers could each place a burst's first request on a different replica.
+routers could each place a burst's first request on a different replica. A claim stands for
+``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)`` with the full
+TTL), or a lookup that finds it refreshes it, so the claim of a request that was never sent
+(turned away by its rate limit, its client gone) soon lapses.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from router.chain import Prefix
+
+# Seconds a claim stands before its request's dispatch confirms it: far longer than the wait
+# between a lookup and the dispatch, far shorter than a prefix's TTL.
+CLAIM_TTL = 10
 
 
 class StoreUnavailable(Exception):
@@ -72,6 +79,10 @@ class Claim:
 
     records: Sequence[Prefix]
     propose: Callable[[], str]
+
+    def ttl(self, prefix: Prefix) -> int:
+        """How long the claim on ``prefix`` stands unconfirmed."""
+        return min(prefix.ttl, CLAIM_TTL)
 
 
 class PrefixStore(ABC):
@@ -151,31 +162,46 @@ class MemoryPrefixStore(PrefixStore):
         found = self.get(prefixes)
         if found is not None or claim is None:
             return Lookup(found)
-        self.record(claim.records, claim.propose(), first=True)
+        replica = claim.propose()
+        for prefix in claim.records:
+            self._put(prefix, replica, first=True, ttl=claim.ttl(prefix))
         return Lookup(None, claimed=True)
 
+    def holders(self, prefix: Prefix) -> tuple[str, ...]:
+        """The replicas this index says hold ``prefix``; no TTL is refreshed."""
+        entry = self._entries.get(prefix.key)
+        if entry is None or entry.expires <= self._clock():
+            return ()
+        return tuple(entry.holders)
+
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
+        for prefix in prefixes:
+            self._put(prefix, replica, first=first, ttl=prefix.ttl)
+
+    def _put(self, prefix: Prefix, replica: str, *, first: bool, ttl: int) -> None:
         now = self._clock()
         entries = self._entries
-        for prefix in prefixes:
-            entry = entries.get(prefix.key)
-            if entry is None or entry.expires <= now or not entry.holders:
-                entries[prefix.key] = _Entry({replica: None}, now + prefix.ttl, now)
-            elif not first:
-                entry.holders[replica] = None
-                entry.expires = max(entry.expires, now + prefix.ttl)
-                entry.recorded = now
-            entries.move_to_end(prefix.key)
-        while len(entries) > self._max_entries:
+        entry = entries.get(prefix.key)
+        if entry is None or entry.expires <= now or not entry.holders:
+            entries[prefix.key] = _Entry({replica: None}, now + ttl, now)
+        elif not first:
+            entry.holders[replica] = None
+            entry.expires = max(entry.expires, now + ttl)
+            entry.recorded = now
+        entries.move_to_end(prefix.key)
+        if len(entries) > self._max_entries:
             entries.popitem(last=False)
 
-    def replace(self, prefix: Prefix, holders: Sequence[str], *, ours: bool = False) -> None:
+    def replace(
+        self, prefix: Prefix, holders: Sequence[str], *, ours: bool = False, ttl: int | None = None
+    ) -> None:
         """Set ``prefix``'s holders to what the shared index says: another router's news, or
         (``ours``) a placement this process made there, which counts as recorded now."""
         if holders:
             now = self._clock()
             recorded = now if ours else -1.0
-            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), now + prefix.ttl, recorded)
+            expires = now + (prefix.ttl if ttl is None else ttl)
+            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires, recorded)
 
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         for prefix in prefixes:

@@ -18,7 +18,7 @@ from router.config import RouterConfig
 from router.picker import Picker
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
-from router.store import Claim, MemoryPrefixStore, PrefixStore
+from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore
 
 from .conftest import RedisServer, free_port
 
@@ -158,5 +158,84 @@ async def test_with_redis_down_the_claim_is_kept_in_process() -> None:
         claimed.in_flight += 3
         second = await one.placer.place(one.pool, request)
         assert second.ranking.candidates[0] is claimed
+    finally:
+        await store.aclose()
+
+
+async def holders_in_redis(store: RedisPrefixStore, prefix: Prefix) -> set[str]:
+    await store.flush()
+    members = await store.redis.smembers(store.key(prefix.key))
+    return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+
+async def test_an_unconfirmed_claim_lapses_soon_and_the_dispatch_confirms_it(
+    shared: list[RedisPrefixStore],
+) -> None:
+    a = router(shared[0], 0, 5, 5)
+    request = chain("confirm")
+    system = request.records[0]
+    placed = await a.placer.place(a.pool, request)
+    assert placed.claimed == "r0"
+    # A request turned away after its lookup (its rate limit, its client gone) is never sent:
+    # its claim lapses within CLAIM_TTL, not the prefix's TTL.
+    assert 0 < await shared[0].redis.ttl(shared[0].key(system.key)) <= CLAIM_TTL
+    a.placer.dispatched(placed, a.pool.replicas[0])
+    await shared[0].flush()
+    assert await shared[0].redis.ttl(shared[0].key(system.key)) > CLAIM_TTL
+    assert await holders_in_redis(shared[0], system) == {"r0"}
+
+
+async def test_a_claimed_replica_passed_over_gives_way_to_the_one_used(
+    shared: list[RedisPrefixStore],
+) -> None:
+    a = router(shared[0], 0, 5, 5)
+    request = chain("passed-over")
+    placed = await a.placer.place(a.pool, request)
+    assert placed.claimed == "r0"
+    a.placer.dispatched(placed, a.pool.replicas[1])  # r0's breaker opened meanwhile
+    assert await holders_in_redis(shared[0], request.records[-1]) == {"r1"}
+    found = (await shared[1].lookup(request.lookups)).found
+    assert found is not None and found.holders == ("r1",)
+
+
+class Gate:
+    """Holds a store's lookup script until opened: a Redis reply that comes too late."""
+
+    def __init__(self, store: RedisPrefixStore) -> None:
+        self.open = asyncio.Event()
+        self._script = store._lookup_script
+        store._lookup_script = self  # type: ignore[assignment]
+
+    async def __call__(self, *, keys: Any, args: Any) -> Any:
+        await self.open.wait()
+        return await self._script(keys=keys, args=args)
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_claim_that_lands_after_its_lookup_gave_up_is_settled(
+    refused: bool, redis_server: RedisServer
+) -> None:
+    store = RedisPrefixStore(Redis.from_url(redis_server.url), key_prefix="late:", timeout=0.05)
+    try:
+        gate = Gate(store)
+        a = router(store, 0, 5, 5)
+        request = chain(f"late-{refused}")
+        placed = await a.placer.place(a.pool, request)
+        assert placed.degraded and placed.claimed is None
+        chosen = placed.ranking.candidates[0]
+        assert chosen.id == "r0"  # the proposal the late claim carries
+        a.placer.dispatched(placed, chosen)
+        if refused:
+            a.placer.report(placed, chosen, Outcome.REFUSED)
+        gate.open.set()
+        await store.flush()
+        await store.flush()  # the settling write the late answer started
+        held = await holders_in_redis(store, request.records[-1])
+        if refused:
+            # The late claim must not bring back the replica that failed.
+            assert held == set() and store.local.holders(request.records[-1]) == ()
+        else:
+            assert held == {"r0"}
+            assert await store.redis.ttl(store.key(request.records[-1].key)) > CLAIM_TTL
     finally:
         await store.aclose()

@@ -60,8 +60,10 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     else:
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         clients = [Redis.from_url(redis_server.url) for _ in range(3)]
-    redis_store = RedisPrefixStore(clients[0], key_prefix="t:")
-    other = RedisPrefixStore(clients[1], key_prefix="t:")
+    # A generous deadline: these tests are about the contract, not Redis latency (each test
+    # has a fresh redis-server, whose first script calls take several round trips).
+    redis_store = RedisPrefixStore(clients[0], key_prefix="t:", timeout=2.0)
+    other = RedisPrefixStore(clients[1], key_prefix="t:", timeout=2.0)
     admin = clients[2]
 
     async def redis_ttl(key: str) -> float:
@@ -125,6 +127,19 @@ async def test_forget_removes_one_holder(subject: Subject) -> None:
     subject.other.forget([bp("a")], "r2")
     await subject.other.flush()
     assert await found(subject.other, bp("a"), bp("b")) is None
+
+
+async def test_writes_land_in_the_order_they_were_made(subject: Subject) -> None:
+    """A replica recorded and then forgotten at once (it refused the request) stays
+    forgotten: the forget never overtakes the record on its way to Redis."""
+    for i in range(30):
+        subject.store.record([bp(f"o{i}")], "r1", first=True)
+        subject.store.forget([bp(f"o{i}")], "r1")
+        subject.store.record([bp(f"p{i}")], "r2", first=True)
+    await subject.store.flush()
+    for i in range(30):
+        assert await found(subject.other, bp(f"o{i}")) is None
+        assert await found(subject.other, bp(f"p{i}")) == (0, ("r2",))
 
 
 async def test_ttl_is_set_and_refreshed_on_hit(subject: Subject) -> None:
@@ -239,3 +254,21 @@ async def test_concurrent_records_stay_consistent() -> None:
     ]
     await store.aclose()
     await other.aclose()
+
+
+async def test_writes_survive_redis_losing_its_scripts(redis_server: RedisServer) -> None:
+    """After a Redis restart the scripts are gone: the writer loads them again."""
+    admin = Redis.from_url(redis_server.url)
+    store = RedisPrefixStore(Redis.from_url(redis_server.url), timeout=2.0)
+    other = RedisPrefixStore(Redis.from_url(redis_server.url), timeout=2.0)
+    try:
+        store.record([bp("before")], "r1", first=True)
+        await store.flush()
+        await admin.script_flush()
+        store.record([bp("after")], "r2", first=True)
+        await store.flush()
+        assert await found(other, bp("after")) == (0, ("r2",))
+    finally:
+        for s in (store, other):
+            await s.aclose()
+        await admin.aclose()
