@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -63,11 +63,14 @@ end
 return {0, {ARGV[2]}}
 """
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
-# placement wins); ARGV[3..]: each key's TTL.
+# placement wins); ARGV[3..]: each key's TTL. A first placement that finds the replica already
+# there (its own claim, whose answer was lost) confirms it: the TTL is set all the same.
 _RECORD_LUA = """
 for i = 1, #KEYS do
   if ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], ARGV[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+  elseif redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
   end
 end
@@ -75,6 +78,8 @@ return #KEYS
 """
 _FAULTS = (RedisError, OSError, TimeoutError)
 _MAX_QUEUED = 10_000  # writes waiting for Redis at most
+_MAX_BATCH = 256  # writes per pipeline: a batch stays well inside the write deadline
+_FORGOTTEN = 4_096  # (prefix, replica) removals remembered, to settle late claims
 _WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
 
 
@@ -104,6 +109,8 @@ class RedisPrefixStore(PrefixStore):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[Write] = deque(maxlen=_MAX_QUEUED)  # writes waiting, oldest first
         self._writer: asyncio.Task[None] | None = None
+        # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
+        self._forgotten: OrderedDict[str, str] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 1024, **kwargs: Any) -> RedisPrefixStore:
@@ -192,13 +199,16 @@ class RedisPrefixStore(PrefixStore):
         if _claimed(answer):
             assert claim is not None
             records = list(claim.records)
-            if claimant in self.local.holders(records[-1]):
+            holders = self.local.holders(records[-1])
+            if claimant in holders:
                 # The request went there: confirm the claim for the prefixes' whole TTL.
                 self._write(self._record_call(records, claimant, first=False))
-            else:
+            elif holders or self._forgotten.get(records[-1].key) == claimant:
                 # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
                 # claim must not bring it back.
                 self._remove(records, claimant)
+            # Otherwise the request has not been sent yet (it waits for its rate limit): its
+            # dispatch confirms the claim, or the claim lapses.
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
             if not self.local.holders(prefix):  # what this process learnt since is newer
@@ -211,6 +221,12 @@ class RedisPrefixStore(PrefixStore):
 
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         self.local.forget(prefixes, replica)
+        forgotten = self._forgotten
+        for prefix in prefixes:
+            forgotten[prefix.key] = replica
+            forgotten.move_to_end(prefix.key)
+        while len(forgotten) > _FORGOTTEN:
+            forgotten.popitem(last=False)
         if prefixes and not self.down:
             self._remove(prefixes, replica)
 
@@ -242,10 +258,10 @@ class RedisPrefixStore(PrefixStore):
             self._writer = self._track(asyncio.get_running_loop().create_task(self._drain()))
 
     async def _drain(self) -> None:
+        queue = self._queue
         try:
-            while self._queue:
-                batch = list(self._queue)
-                self._queue.clear()
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), _MAX_BATCH))]
                 sent = self._track(asyncio.get_running_loop().create_task(self._send(batch)))
                 try:
                     await asyncio.wait_for(asyncio.shield(sent), self._timeout * 4)
@@ -253,6 +269,9 @@ class RedisPrefixStore(PrefixStore):
                     self._fault(exc)
                     if not sent.done():
                         await asyncio.wait({sent})  # the next batch goes after this one
+                except Exception:
+                    # A bug, not Redis: say so, and keep the writer going for the next batch.
+                    log.exception("redis prefix store: a batch of writes failed")
                 else:
                     self._failures = 0
         finally:
@@ -262,7 +281,11 @@ class RedisPrefixStore(PrefixStore):
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             for write in batch:
-                write(pipe)
+                try:
+                    write(pipe)
+                except Exception:
+                    # A bug, not Redis: say so, and send the batch's other writes.
+                    log.exception("redis prefix store: a write could not be made")
             try:
                 await pipe.execute()
                 return

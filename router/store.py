@@ -189,7 +189,11 @@ class MemoryPrefixStore(PrefixStore):
             entry.expires = max(entry.expires, now + ttl)
             entry.recorded = now
         entries.move_to_end(prefix.key)
-        if len(entries) > self._max_entries:
+        self._bound()
+
+    def _bound(self) -> None:
+        entries = self._entries
+        while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
     def replace(
@@ -202,6 +206,8 @@ class MemoryPrefixStore(PrefixStore):
             recorded = now if ours else -1.0
             expires = now + (prefix.ttl if ttl is None else ttl)
             self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires, recorded)
+            self._entries.move_to_end(prefix.key)
+            self._bound()
 
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         for prefix in prefixes:

@@ -211,31 +211,72 @@ class Gate:
         return await self._script(keys=keys, args=args)
 
 
-@pytest.mark.parametrize("refused", [False, True])
+@pytest.mark.parametrize("then", ["sent", "refused", "waiting"])
 async def test_a_claim_that_lands_after_its_lookup_gave_up_is_settled(
-    refused: bool, redis_server: RedisServer
+    then: str, redis_server: RedisServer
 ) -> None:
     store = RedisPrefixStore(Redis.from_url(redis_server.url), key_prefix="late:", timeout=0.05)
     try:
         gate = Gate(store)
         a = router(store, 0, 5, 5)
-        request = chain(f"late-{refused}")
+        request = chain(f"late-{then}")
+        last = request.records[-1]
         placed = await a.placer.place(a.pool, request)
         assert placed.degraded and placed.claimed is None
         chosen = placed.ranking.candidates[0]
         assert chosen.id == "r0"  # the proposal the late claim carries
-        a.placer.dispatched(placed, chosen)
-        if refused:
+        if then != "waiting":  # "waiting": still held by its rate-limit check
+            a.placer.dispatched(placed, chosen)
+        if then == "refused":
             a.placer.report(placed, chosen, Outcome.REFUSED)
         gate.open.set()
         await store.flush()
         await store.flush()  # the settling write the late answer started
-        held = await holders_in_redis(store, request.records[-1])
-        if refused:
+        held = await holders_in_redis(store, last)
+        ttl = await store.redis.ttl(store.key(last.key))
+        if then == "sent":
+            assert held == {"r0"} and ttl > CLAIM_TTL  # confirmed
+        elif then == "refused":
             # The late claim must not bring back the replica that failed.
-            assert held == set() and store.local.holders(request.records[-1]) == ()
+            assert held == set() and store.local.holders(last) == ()
         else:
-            assert held == {"r0"}
-            assert await store.redis.ttl(store.key(request.records[-1].key)) > CLAIM_TTL
+            assert held == {"r0"} and 0 < ttl <= CLAIM_TTL  # it stands, for now
+            a.placer.dispatched(placed, chosen)
+            await store.flush()
+            assert await store.redis.ttl(store.key(last.key)) > CLAIM_TTL
     finally:
         await store.aclose()
+
+
+async def test_a_claim_whose_answer_was_lost_is_confirmed_by_the_dispatch(
+    shared: list[RedisPrefixStore],
+) -> None:
+    """Redis ran the claim but its answer never came back: the request's first-placement
+    record finds its own replica there and confirms it."""
+    request = chain("lost-answer")
+    last = request.records[-1]
+    await shared[1].lookup(request.lookups, Claim(request.records, lambda: "r0"))
+    assert 0 < await shared[1].redis.ttl(shared[1].key(last.key)) <= CLAIM_TTL
+    shared[0].record(request.records, "r0", first=True)  # the dispatch, unaware of the claim
+    await shared[0].flush()
+    assert await shared[0].redis.ttl(shared[0].key(last.key)) > CLAIM_TTL
+    shared[0].record(request.records, "r1", first=True)  # another replica: still first wins
+    assert await holders_in_redis(shared[0], last) == {"r0"}
+
+
+async def test_a_prefix_known_in_process_is_not_claimed(shared: list[RedisPrefixStore]) -> None:
+    """What this process learnt from Redis is no new prefix: no claim, no second ranking."""
+    request = chain("known")
+    shared[0].record(request.records, "r2", first=True)
+    await shared[0].flush()
+    assert (await shared[1].lookup(request.lookups)).found is not None  # router b learns it
+    await shared[0].redis.delete(*(shared[0].key(p.key) for p in request.lookups))  # evicted
+    asked: list[str] = []
+
+    def propose() -> str:
+        asked.append("r1")
+        return "r1"
+
+    result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
+    assert asked == [] and not result.claimed
+    assert await holders_in_redis(shared[1], request.records[-1]) == set()

@@ -167,6 +167,38 @@ def test_memory_store_is_bounded_lru() -> None:
     assert store.get([bp("a")]) is not None
 
 
+def test_memory_store_stays_bounded_when_filled_from_another_router() -> None:
+    store = MemoryPrefixStore(max_entries=10)
+    for i in range(200):
+        store.replace(bp(f"news{i}"), ["r1"])  # what Redis said other routers placed
+    assert len(store) == 10
+    assert store.get([bp("news199")]) is not None and store.get([bp("news0")]) is None
+    store.record([bp("own")], "r2", first=True)
+    assert len(store) == 10
+
+
+async def test_many_writes_and_a_broken_one_all_land(caplog: pytest.LogCaptureFixture) -> None:
+    """Writes go out in batches; a write that fails for a reason other than Redis is logged
+    and the writer goes on with the rest."""
+    server = fakeredis.FakeServer()
+    store = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
+    other = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
+
+    def broken(pipe: Any) -> None:
+        raise ValueError("a bug")
+
+    store._write(broken)
+    for i in range(1000):
+        store.record([bp(f"many{i}")], "r1", first=True)
+    for _ in range(3):
+        await store.flush()
+    assert "a write could not be made" in caplog.text
+    for i in (0, 500, 999):
+        assert await found(other, bp(f"many{i}")) == (0, ("r1",))
+    await store.aclose()
+    await other.aclose()
+
+
 async def test_redis_faults_count_to_a_threshold_and_the_local_index_answers(
     redis_server: RedisServer,
 ) -> None:
