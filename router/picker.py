@@ -28,12 +28,23 @@ from hashlib import blake2b
 
 from router.balancer import Pool, Replica
 from router.config import RoutingConfig
+from router.store import Proposal
 
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
     candidates: list[Replica]  # best first, never empty
     holders: frozenset[str]  # ids of the replicas known to hold the matched prefix
+    # How the first was chosen when it places a new prefix (for the index to claim it).
+    proposal: Proposal | None = None
+
+    def led_by(self, replica_id: str) -> Ranking:
+        """The same candidates with ``replica_id`` first (the index picked it)."""
+        if self.candidates[0].id == replica_id:
+            return self
+        first = [r for r in self.candidates if r.id == replica_id]
+        rest = [r for r in self.candidates if r.id != replica_id]
+        return Ranking(first + rest, self.holders, self.proposal)
 
 
 def rendezvous(key: str, replica: Replica) -> int:
@@ -60,7 +71,7 @@ class Picker:
             return Ranking(usable[start:] + usable[:start], held)
         if policy == "least_loaded" or key is None:
             return Ranking(self._least_loaded(pool, usable), held)
-        return Ranking(self._affinity(usable, held, key), held)
+        return self._affinity(pool, usable, held, key)
 
     def _least_loaded(self, pool: Pool, usable: list[Replica]) -> list[Replica]:
         if len(usable) == 1:
@@ -70,22 +81,27 @@ class Picker:
         rotated = usable[start:] + usable[:start]
         return sorted(rotated, key=lambda r: r.load())  # stable: equals keep their rotation
 
-    def _affinity(self, usable: list[Replica], held: frozenset[str], key: str) -> list[Replica]:
+    def _affinity(
+        self, pool: Pool, usable: list[Replica], held: frozenset[str], key: str
+    ) -> Ranking:
         loads = {r.id: r.load() for r in usable}
         least = min(loads.values())
         by_weight = sorted(usable, key=lambda r: rendezvous(key, r), reverse=True)
         fit = [r for r in by_weight if not self._overloaded(loads[r.id], least)]
         warm = sorted((r for r in fit if r.id in held), key=lambda r: loads[r.id])
+        proposal = None
         if warm:
             first = warm[0]
         else:
             roomy = [r for r in fit if r.accepts_new_prefixes()] or fit or by_weight
-            lightest = min(loads[r.id] for r in roomy) + self._routing.placement_slack
-            first = next(r for r in roomy if loads[r.id] <= lightest)
+            choices = [(r.id, loads[r.id]) for r in roomy]
+            proposal = Proposal(pool.backend.name, choices, self._routing.placement_slack)
+            chosen = proposal.pick()
+            first = next(r for r in roomy if r.id == chosen)
         rest = [r for r in warm if r is not first]
         rest += [r for r in fit if r is not first and r.id not in held]
         rest += [r for r in by_weight if r is not first and r not in rest]
-        return [first, *rest]
+        return Ranking([first, *rest], held, proposal)
 
     def _overloaded(self, load: float, least: float) -> bool:
         return (

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from router.balancer import Pool, Replica
 from router.chain import Prefix, PrefixChain
 from router.picker import Picker, Ranking
-from router.store import Claim, Found, PrefixStore
+from router.store import Claim, Found, PrefixStore, Proposal
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,25 @@ class Placer:
         key = chain.placement_key
         proposals: list[Ranking] = []
 
-        def propose() -> str:
-            proposals.append(self._picker.rank(pool, key=key))
-            return proposals[0].candidates[0].id
+        def propose() -> Proposal:
+            ranking = self._picker.rank(pool, key=key)
+            proposals.append(ranking)
+            first = ranking.candidates[0]
+            # Under prefix affinity a ranking without holders always carries its proposal.
+            return ranking.proposal or Proposal(pool.backend.name, [(first.id, 0.0)], 0.0)
 
         claim = Claim(chain.records, propose) if chain.records else None
         result = await self._store.lookup(chain.lookups, claim)
         found = result.found
+        claimant = result.claimant
         if found is None and proposals:
-            # Keep to the proposal even when the index did not answer in time: the claim
-            # may still land there.
-            ranking = proposals[0]
+            # Keep to the proposal (led by the index's pick) even when the index did not
+            # answer in time: the claim may still land there.
+            ranking = proposals[0] if claimant is None else proposals[0].led_by(claimant)
         else:
             holders = found.holders if found else ()
             ranking = self._picker.rank(pool, holders=holders, key=key)
-        claimed = ranking.candidates[0].id if result.claimed else None
-        return Placement(chain, found, ranking, result.degraded, claimed)
+        return Placement(chain, found, ranking, result.degraded, claimant)
 
     def dispatched(self, placement: Placement, replica: Replica) -> None:
         """Record the request's prefixes for ``replica`` as it is sent."""

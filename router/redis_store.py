@@ -40,12 +40,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 
-# KEYS[1..n]: the looked-up prefixes, shortest first; ARGV[1]: n; ARGV[2]: the claimant ('' for
-# none); ARGV[3..]: each key's TTL. Longest prefix first; refreshes the TTL of the hit and of
-# every shorter prefix it holds. When none has holders and there is a claimant, KEYS[n+1..] (the
-# prefixes to record) get it as their holder: {0, {claimant}} says the claim was recorded.
+# The lookup, and the claim of a prefix new to every router.
+# KEYS[1..n]: the looked-up prefixes, shortest first; KEYS[n+1..n+m]: the prefixes to record
+# (m = 0: no claim); KEYS[n+m+1]: the pool's recent placements (replica -> count).
+# ARGV[1]: n; ARGV[2]: m; ARGV[3..2+n]: the looked-up keys' TTLs; ARGV[3+n..2+n+m]: the claim's
+# TTLs; ARGV[3+n+m]: the slack; ARGV[4+n+m]: the recent counts' window in seconds; then pairs
+# of (replica, load as the proposing router sees it), in rendezvous order.
+# Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
+# When none has holders and there is a claim, picks as Proposal.pick does, with the recent
+# counts added to the loads, counts the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
 for i = n, 1, -1 do
   local holders = redis.call('SMEMBERS', KEYS[i])
   if #holders > 0 then
@@ -53,14 +59,29 @@ for i = n, 1, -1 do
     return {i, holders}
   end
 end
-if ARGV[2] == '' then return false end
-for i = n + 1, #KEYS do
+if m == 0 then return false end
+local recent = KEYS[n + m + 1]
+local names, scores, lightest = {}, {}, nil
+for j = n + m + 5, #ARGV, 2 do
+  local score = tonumber(ARGV[j + 1]) + (tonumber(redis.call('HGET', recent, ARGV[j])) or 0)
+  names[#names + 1] = ARGV[j]
+  scores[#scores + 1] = score
+  if lightest == nil or score < lightest then lightest = score end
+end
+local limit = lightest + tonumber(ARGV[n + m + 3])
+local chosen = names[1]
+for k = 1, #names do
+  if scores[k] <= limit then chosen = names[k] break end
+end
+redis.call('HINCRBY', recent, chosen, 1)
+if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 4]) end
+for i = n + 1, n + m do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('SADD', KEYS[i], ARGV[2])
+    redis.call('SADD', KEYS[i], chosen)
     redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
   end
 end
-return {0, {ARGV[2]}}
+return {0, {chosen}}
 """
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
 # placement wins); ARGV[3..]: each key's TTL. A first placement that finds the replica already
@@ -78,6 +99,9 @@ return #KEYS
 """
 _FAULTS = (RedisError, OSError, TimeoutError)
 _MAX_QUEUED = 10_000  # writes waiting for Redis at most
+# Seconds a pool's recent-placement counts last (a tumbling window): longer than a scrape
+# takes to show a new request in a replica's load figures.
+RECENT_WINDOW = 1
 _MAX_BATCH = 256  # writes per pipeline: a batch stays well inside the write deadline
 _FORGOTTEN = 4_096  # (prefix, replica) removals remembered, to settle late claims
 _WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
@@ -140,14 +164,21 @@ class RedisPrefixStore(PrefixStore):
         # Claim only prefixes this process knows nothing of: a known one is not new (and one
         # it recorded so recently that the write may still be on its way is put back below).
         # A known prefix also spares the request a second ranking.
-        claimant = ""
-        if claim is not None and self.local.get(prefixes) is None:
-            claimant = claim.propose()
         keys = [self.key(p.key) for p in prefixes]
-        args: list[Any] = [len(prefixes), claimant, *(p.ttl for p in prefixes)]
-        if claim is not None and claimant:
-            keys += [self.key(p.key) for p in claim.records]
-            args += [claim.ttl(p) for p in claim.records]
+        ttls = [p.ttl for p in prefixes]
+        if claim is not None and self.local.get(prefixes) is None:
+            records = claim.records
+            proposal = claim.propose()
+            keys += [self.key(p.key) for p in records]
+            keys.append(f"{self._key_prefix}placed:{proposal.pool}")
+            args: list[Any] = [len(prefixes), len(records), *ttls]
+            args += [claim.ttl(p) for p in records]
+            args += [proposal.slack, RECENT_WINDOW]
+            for replica, load in proposal.choices:
+                args += [replica, load]
+        else:
+            claim = None
+            args = [len(prefixes), 0, *ttls]
         task = self._track(
             asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=args))
         )
@@ -157,14 +188,14 @@ class RedisPrefixStore(PrefixStore):
             self._fault(exc)
             if not task.done():
                 # Too late for this request, not for the next ones: learn from the answer.
-                task.add_done_callback(lambda done: self._learn(done, prefixes, claim, claimant))
+                task.add_done_callback(lambda done: self._learn(done, prefixes, claim))
             return Lookup(self.local.get(prefixes), degraded=True)
         self._failures = 0
-        if _claimed(answer):
+        if (claimant := _claimant(answer)) is not None:
             assert claim is not None
             for record in claim.records:
                 self.local.replace(record, (claimant,), ours=True, ttl=claim.ttl(record))
-            return Lookup(None, claimed=True)
+            return Lookup(None, claimant=claimant)
         remote = _found(answer)
         # When Redis answers it is the truth (another router may have removed a failed
         # holder), except for what this process recorded so recently that its write may still
@@ -189,14 +220,13 @@ class RedisPrefixStore(PrefixStore):
         task: asyncio.Task[Any],
         prefixes: Sequence[Prefix],
         claim: Claim | None,
-        claimant: str,
     ) -> None:
         """A lookup answered after its request stopped waiting: keep what is news, and
         settle a claim the request could not see land."""
         if task.cancelled() or task.exception() is not None:
             return
         answer = task.result()
-        if _claimed(answer):
+        if (claimant := _claimant(answer)) is not None:
             assert claim is not None
             records = list(claim.records)
             holders = self.local.holders(records[-1])
@@ -357,13 +387,15 @@ class RedisPrefixStore(PrefixStore):
         await self.redis.aclose()
 
 
-def _claimed(answer: Any) -> bool:
-    """The lookup script recorded the claim (its answer is {0, {claimant}})."""
-    return bool(answer) and int(answer[0]) == 0
+def _claimant(answer: Any) -> str | None:
+    """The replica the lookup script claimed the prefixes for (its answer is {0, {replica}})."""
+    if answer and int(answer[0]) == 0:
+        return bytes(answer[1][0]).decode()
+    return None
 
 
 def _found(answer: Any) -> Found | None:
     """The lookup script's answer: false, or {1-based index, holders}."""
-    if not answer or _claimed(answer):
+    if not answer or int(answer[0]) == 0:
         return None
     return Found(int(answer[0]) - 1, tuple(bytes(h).decode() for h in answer[1]))

@@ -14,7 +14,11 @@ A lookup may carry a ``Claim``: where this router would place the request's pref
 replica holds any of them yet. When none does, the store records the claim in the same step
 as the lookup (in Redis, the same script), so of several routers placing one new prefix at
 once exactly one decides, and the others' lookups find its choice, whatever loads each of
-them saw. Recording only after the dispatch left a window of one round trip in which two
+them saw. The Redis store also counts each replica's recent claims, shared by every router,
+and adds them to the proposing router's loads when it picks (``Proposal.pick``): a router
+cannot see another's placements in its load figures until the next scrape, and without the
+counts a burst of new prefixes from several routers piles onto the replica each thinks is
+the lightest. Recording only after the dispatch left a window of one round trip in which two
 routers could each place a burst's first request on a different replica. A claim stands for
 ``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)`` with the full
 TTL), or a lookup that finds it refreshes it, so the claim of a request that was never sent
@@ -27,7 +31,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,16 +73,40 @@ class Found:
 class Lookup:
     found: Found | None
     degraded: bool = False  # the shared index did not answer; this is local knowledge only
-    claimed: bool = False  # nothing was found and the claim was recorded
+    claimant: str | None = None  # nothing was found: the claim was recorded for this replica
+
+    @property
+    def claimed(self) -> bool:
+        return self.claimant is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """Where this router would place a new prefix: the replicas it may go to, in rendezvous
+    order, with the loads it sees, and ``routing.placement_slack``."""
+
+    pool: str
+    choices: Sequence[tuple[str, float]]  # (replica id, load); never empty
+    slack: float
+
+    def pick(self, recent: Mapping[str, float] | None = None) -> str:
+        """The first choice whose load, plus its ``recent`` placements (other routers' new
+        prefixes that this router's load figures may not show yet), is within the slack of
+        the lightest. The Redis store's lookup script applies the same rule."""
+        scores = [
+            (replica, load + (recent or {}).get(replica, 0)) for replica, load in self.choices
+        ]
+        lightest = min(score for _, score in scores) + self.slack
+        return next(replica for replica, score in scores if score <= lightest)
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Where to place a request's new prefixes: ``records`` for the replica ``propose()``
-    names. ``propose`` is called at most once, and only when the store may need it."""
+    """Where to place a request's new prefixes: ``records``, on the replica picked from
+    ``propose()``. ``propose`` is called at most once, and only when the store may need it."""
 
     records: Sequence[Prefix]
-    propose: Callable[[], str]
+    propose: Callable[[], Proposal]
 
     def ttl(self, prefix: Prefix) -> int:
         """How long the claim on ``prefix`` stands unconfirmed."""
@@ -162,10 +190,11 @@ class MemoryPrefixStore(PrefixStore):
         found = self.get(prefixes)
         if found is not None or claim is None:
             return Lookup(found)
-        replica = claim.propose()
+        # One process sees its own placements in its loads at once: no recent counts needed.
+        replica = claim.propose().pick()
         for prefix in claim.records:
             self._put(prefix, replica, first=True, ttl=claim.ttl(prefix))
-        return Lookup(None, claimed=True)
+        return Lookup(None, claimant=replica)
 
     def holders(self, prefix: Prefix) -> tuple[str, ...]:
         """The replicas this index says hold ``prefix``; no TTL is refreshed."""

@@ -18,7 +18,7 @@ from router.config import RouterConfig
 from router.picker import Picker
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
-from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore
+from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore, Proposal
 
 from .conftest import RedisServer, free_port
 
@@ -79,8 +79,8 @@ async def test_routers_that_see_different_loads_place_a_burst_on_one_replica(
 ) -> None:
     # Each router thinks a different replica is the least loaded, so alone each would place a
     # new prefix on its own choice.
-    a = router(shared[0], 0, 5, 5, 5)
-    b = router(shared[1], 5, 5, 5, 0)
+    a = router(shared[0], 0, 20, 20, 20)
+    b = router(shared[1], 20, 20, 20, 0)
     for n in range(10):
         request = chain(f"burst-{n}")
         placements = await asyncio.gather(
@@ -94,6 +94,21 @@ async def test_routers_that_see_different_loads_place_a_burst_on_one_replica(
         assert sum(p.found is not None for p in placements) == 5
 
 
+async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_them(
+    shared: list[RedisPrefixStore],
+) -> None:
+    """Two routers that see an idle fleet (the scrapes have not caught up) place a burst of
+    new prefixes: the shared recent-placement counts spread them, two per replica, instead of
+    each going wherever its rendezvous weight is highest."""
+    a = router(shared[0], 0, 0, 0, 0)
+    b = router(shared[1], 0, 0, 0, 0)
+    placed = [
+        (await r.placer.place(r.pool, chain(f"tenant-{n}"))).claimed
+        for n, r in enumerate([a, b] * 4)
+    ]
+    assert sorted(placed) == ["r0", "r0", "r1", "r1", "r2", "r2", "r3", "r3"], placed  # type: ignore[type-var]
+
+
 async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
     shared: list[RedisPrefixStore],
 ) -> None:
@@ -102,9 +117,9 @@ async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
     await shared[0].flush()
     proposed: list[str] = []
 
-    def propose() -> str:
+    def propose() -> Proposal:
         proposed.append("r1")
-        return "r1"
+        return Proposal("pool", [("r1", 0.0)], 0.0)
 
     result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
     assert not result.claimed
@@ -255,7 +270,8 @@ async def test_a_claim_whose_answer_was_lost_is_confirmed_by_the_dispatch(
     record finds its own replica there and confirms it."""
     request = chain("lost-answer")
     last = request.records[-1]
-    await shared[1].lookup(request.lookups, Claim(request.records, lambda: "r0"))
+    only_r0 = Proposal("pool", [("r0", 0.0)], 0.0)
+    await shared[1].lookup(request.lookups, Claim(request.records, lambda: only_r0))
     assert 0 < await shared[1].redis.ttl(shared[1].key(last.key)) <= CLAIM_TTL
     shared[0].record(request.records, "r0", first=True)  # the dispatch, unaware of the claim
     await shared[0].flush()
@@ -273,9 +289,9 @@ async def test_a_prefix_known_in_process_is_not_claimed(shared: list[RedisPrefix
     await shared[0].redis.delete(*(shared[0].key(p.key) for p in request.lookups))  # evicted
     asked: list[str] = []
 
-    def propose() -> str:
+    def propose() -> Proposal:
         asked.append("r1")
-        return "r1"
+        return Proposal("pool", [("r1", 0.0)], 0.0)
 
     result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
     assert asked == [] and not result.claimed
