@@ -254,6 +254,20 @@ def redis_server() -> Iterator[RedisServer]:
             server.stop()
 
 
+def redis_clients(request: pytest.FixtureRequest, count: int) -> list[Any]:
+    """``count`` clients of one Redis: fakeredis, or a redis-server for the test, as the
+    fixture's param (``"fakeredis"`` or ``"redis"``) says."""
+    if request.param == "fakeredis":
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+        return [fakeredis.FakeAsyncRedis(server=server) for _ in range(count)]
+    from redis.asyncio import Redis
+
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    return [Redis.from_url(redis_server.url) for _ in range(count)]
+
+
 def with_replicas(
     config: RouterConfig, backend: str, urls: list[str], **fields: Any
 ) -> RouterConfig:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import fakeredis
 import pytest
 from redis.asyncio import Redis
 
@@ -20,7 +19,7 @@ from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
 from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore, Proposal
 
-from .conftest import RedisServer, free_port
+from .conftest import RedisServer, free_port, redis_clients
 
 
 @dataclass
@@ -62,12 +61,7 @@ def chain(name: str) -> PrefixChain:
 @pytest.fixture(params=["fakeredis", "redis"])
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[list[RedisPrefixStore]]:
     """Two routers' stores on one Redis."""
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        clients: list[Any] = [fakeredis.FakeAsyncRedis(server=server) for _ in range(2)]
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        clients = [Redis.from_url(redis_server.url) for _ in range(2)]
+    clients = redis_clients(request, 2)
     stores = [RedisPrefixStore(client, key_prefix="claim:", timeout=1.0) for client in clients]
     yield stores
     for store in stores:

@@ -15,7 +15,7 @@ from router.chain import Prefix
 from router.redis_store import RedisPrefixStore
 from router.store import MemoryPrefixStore, PrefixStore
 
-from .conftest import RedisServer
+from .conftest import RedisServer, redis_clients
 
 
 class Clock:
@@ -54,12 +54,7 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
 
         yield Subject(store, store, ttl, expire)
         return
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        clients: list[Any] = [fakeredis.FakeAsyncRedis(server=server) for _ in range(3)]
-    else:
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        clients = [Redis.from_url(redis_server.url) for _ in range(3)]
+    clients = redis_clients(request, 3)
     # A generous deadline: these tests are about the contract, not Redis latency (each test
     # has a fresh redis-server, whose first script calls take several round trips).
     redis_store = RedisPrefixStore(clients[0], key_prefix="t:", timeout=2.0)
