@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,13 +43,15 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 
 # The lookup, and the claim of a prefix new to every router.
 # KEYS[1..n]: the looked-up prefixes, shortest first; KEYS[n+1..n+m]: the prefixes to record
-# (m = 0: no claim); KEYS[n+m+1]: the pool's recent placements (replica -> count).
+# (m = 0: no claim); KEYS[n+m+1]: the pool's recent claims, one hash: per replica, a count
+# (field: the replica) and each router's own share of it (field: replica|router).
 # ARGV[1]: n; ARGV[2]: m; ARGV[3..2+n]: the looked-up keys' TTLs; ARGV[3+n..2+n+m]: the claim's
-# TTLs; ARGV[3+n+m]: the slack; ARGV[4+n+m]: the recent counts' window in seconds; then pairs
-# of (replica, load as the proposing router sees it), in rendezvous order.
+# TTLs; ARGV[3+n+m]: the slack; ARGV[4+n+m]: the recent counts' window in seconds; ARGV[5+n+m]:
+# the proposing router's id; then pairs of (replica, load as that router sees it, its own
+# recent claims included), in rendezvous order.
 # Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
-# When none has holders and there is a claim, picks as Proposal.pick does, with the recent
-# counts added to the loads, counts the pick, and records it: {0, {replica}}.
+# When none has holders and there is a claim, picks as Proposal.pick does, with the other
+# routers' recent claims added to the loads, counts the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
@@ -61,9 +64,12 @@ for i = n, 1, -1 do
 end
 if m == 0 then return false end
 local recent = KEYS[n + m + 1]
+local me = '|' .. ARGV[n + m + 5]
 local names, scores, lightest = {}, {}, nil
-for j = n + m + 5, #ARGV, 2 do
-  local score = tonumber(ARGV[j + 1]) + (tonumber(redis.call('HGET', recent, ARGV[j])) or 0)
+for j = n + m + 6, #ARGV, 2 do
+  local counts = redis.call('HMGET', recent, ARGV[j], ARGV[j] .. me)
+  local others = (tonumber(counts[1]) or 0) - (tonumber(counts[2]) or 0)
+  local score = tonumber(ARGV[j + 1]) + others
   names[#names + 1] = ARGV[j]
   scores[#scores + 1] = score
   if lightest == nil or score < lightest then lightest = score end
@@ -74,6 +80,7 @@ for k = 1, #names do
   if scores[k] <= limit then chosen = names[k] break end
 end
 redis.call('HINCRBY', recent, chosen, 1)
+redis.call('HINCRBY', recent, chosen .. me, 1)
 if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 4]) end
 for i = n + 1, n + m do
   if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -117,6 +124,7 @@ class RedisPrefixStore(PrefixStore):
         retry_after: float = 1.0,
         failure_threshold: int = 3,
         local_entries: int = 100_000,
+        recent_window: int = RECENT_WINDOW,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
@@ -135,6 +143,10 @@ class RedisPrefixStore(PrefixStore):
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
+        # This process among the routers, for the recent-claim counts: its own claims are in
+        # its loads already, so the lookup script adds only the others'.
+        self._router_id = secrets.token_hex(6)
+        self._recent_window = recent_window
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 1024, **kwargs: Any) -> RedisPrefixStore:
@@ -166,14 +178,16 @@ class RedisPrefixStore(PrefixStore):
         # A known prefix also spares the request a second ranking.
         keys = [self.key(p.key) for p in prefixes]
         ttls = [p.ttl for p in prefixes]
+        proposal = None
         if claim is not None and self.local.get(prefixes) is None:
-            records = claim.records
             proposal = claim.propose()
+        if claim is not None and proposal is not None and proposal.choices:
+            records = claim.records
             keys += [self.key(p.key) for p in records]
             keys.append(f"{self._key_prefix}placed:{proposal.pool}")
             args: list[Any] = [len(prefixes), len(records), *ttls]
             args += [claim.ttl(p) for p in records]
-            args += [proposal.slack, RECENT_WINDOW]
+            args += [proposal.slack, self._recent_window, self._router_id]
             for replica, load in proposal.choices:
                 args += [replica, load]
         else:
@@ -235,8 +249,11 @@ class RedisPrefixStore(PrefixStore):
                 self._write(self._record_call(records, claimant, first=False))
             elif holders or self._forgotten.get(records[-1].key) == claimant:
                 # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
-                # claim must not bring it back.
+                # claim must not bring it back. Where it went holds the prefixes instead (its
+                # own first-placement record found the claim there and did nothing).
                 self._remove(records, claimant)
+                for holder in holders:
+                    self._write(self._record_call(records, holder, first=False))
             # Otherwise the request has not been sent yet (it waits for its rate limit): its
             # dispatch confirms the claim, or the claim lapses.
         elif (remote := _found(answer)) is not None:

@@ -15,14 +15,14 @@ replica holds any of them yet. When none does, the store records the claim in th
 as the lookup (in Redis, the same script), so of several routers placing one new prefix at
 once exactly one decides, and the others' lookups find its choice, whatever loads each of
 them saw. The Redis store also counts each replica's recent claims, shared by every router,
-and adds them to the proposing router's loads when it picks (``Proposal.pick``): a router
-cannot see another's placements in its load figures until the next scrape, and without the
-counts a burst of new prefixes from several routers piles onto the replica each thinks is
-the lightest. Recording only after the dispatch left a window of one round trip in which two
-routers could each place a burst's first request on a different replica. A claim stands for
-``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)`` with the full
-TTL), or a lookup that finds it refreshes it, so the claim of a request that was never sent
-(turned away by its rate limit, its client gone) soon lapses.
+and adds the other routers' to the proposing router's loads when it picks (``Proposal.pick``):
+a router cannot see another's placements in its load figures until the next scrape, and
+without the counts a burst of new prefixes from several routers piles onto the replica each
+thinks is the lightest. (Recording only after the dispatch left a window of one round trip
+in which two routers could each place a burst's first request on a different replica.) A
+claim stands for ``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)``
+with the full TTL), or a lookup that finds it refreshes it, so the claim of a request that
+was never sent (turned away by its rate limit, its client gone) soon lapses.
 """
 
 from __future__ import annotations
@@ -90,9 +90,10 @@ class Proposal:
     slack: float
 
     def pick(self, recent: Mapping[str, float] | None = None) -> str:
-        """The first choice whose load, plus its ``recent`` placements (other routers' new
-        prefixes that this router's load figures may not show yet), is within the slack of
-        the lightest. The Redis store's lookup script applies the same rule."""
+        """The first choice whose load, plus its ``recent`` placements (other routers' claims
+        of new prefixes, which this router's load figures may not show yet; its own are in
+        them), is within the slack of the lightest. The Redis store's lookup script applies
+        the same rule."""
         scores = [
             (replica, load + (recent or {}).get(replica, 0)) for replica, load in self.choices
         ]

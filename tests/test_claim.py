@@ -4,22 +4,26 @@ routers that see different loads still agree on one replica for a burst's first 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import fakeredis
 import pytest
 from redis.asyncio import Redis
 
 from router.balancer import Balancer, Pool
 from router.chain import Prefix, PrefixChain
 from router.config import RouterConfig
-from router.picker import Picker
+from router.picker import Picker, rendezvous
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
 from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore, Proposal
 
 from .conftest import RedisServer, free_port, redis_clients
+
+WINDOW = 600  # seconds the tests' recent-claim counts last
 
 
 @dataclass
@@ -62,7 +66,11 @@ def chain(name: str) -> PrefixChain:
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[list[RedisPrefixStore]]:
     """Two routers' stores on one Redis."""
     clients = redis_clients(request, 2)
-    stores = [RedisPrefixStore(client, key_prefix="claim:", timeout=1.0) for client in clients]
+    # Recent-claim counts that outlast any test: the tests do not race a one-second window.
+    stores = [
+        RedisPrefixStore(client, key_prefix="claim:", timeout=1.0, recent_window=WINDOW)
+        for client in clients
+    ]
     yield stores
     for store in stores:
         await store.aclose()
@@ -88,19 +96,77 @@ async def test_routers_that_see_different_loads_place_a_burst_on_one_replica(
         assert sum(p.found is not None for p in placements) == 5
 
 
+def same_order(count: int, pool: Pool) -> list[str]:
+    """``count`` chain names whose placement keys rank ``pool``'s replicas in one rendezvous
+    order: without shared counts, routers that see the same loads place them alike."""
+    names: list[str] = []
+    order: list[str] | None = None
+    for n in range(10_000):
+        key = chain(f"same-{n}").placement_key
+        assert key is not None
+        ranked = [r.id for r in sorted(pool.replicas, key=lambda r: rendezvous(key, r))]
+        if order is None:
+            order = ranked
+        if ranked == order:
+            names.append(f"same-{n}")
+            if len(names) == count:
+                return names
+    raise AssertionError("no such keys")
+
+
 async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_them(
     shared: list[RedisPrefixStore],
 ) -> None:
-    """Two routers that see an idle fleet (the scrapes have not caught up) place a burst of
-    new prefixes: the shared recent-placement counts spread them, two per replica, instead of
-    each going wherever its rendezvous weight is highest."""
+    """Two routers see an idle fleet and only their own requests in flight (no scrape has
+    caught up). Four new prefixes that every router would rank alike, placed alternately:
+    each router adds the other's recent claims, counted in Redis, to its own loads, so they
+    land on four replicas; without the counts the routers would pair up on two."""
     a = router(shared[0], 0, 0, 0, 0)
     b = router(shared[1], 0, 0, 0, 0)
-    placed = [
-        (await r.placer.place(r.pool, chain(f"tenant-{n}"))).claimed
-        for n, r in enumerate([a, b] * 4)
-    ]
-    assert sorted(placed) == ["r0", "r0", "r1", "r1", "r2", "r2", "r3", "r3"], placed  # type: ignore[type-var]
+    placed = []
+    for name, r in zip(same_order(4, a.pool), [a, b, a, b], strict=True):
+        placement = await r.placer.place(r.pool, chain(name))
+        chosen = placement.ranking.candidates[0]
+        assert placement.claimed == chosen.id
+        chosen.in_flight += 1  # sent: in this router's own load from now on
+        placed.append(chosen.id)
+    assert len(set(placed)) == 4, placed
+    # The counts last one window.
+    assert 0 < await shared[0].redis.ttl("claim:placed:pool") <= WINDOW
+
+
+def fixed(proposal: Proposal) -> Callable[[], Proposal]:
+    return lambda: proposal
+
+
+@pytest.mark.parametrize("slack", [0.0, 0.5, 2.0])
+async def test_the_lookup_script_picks_as_proposal_pick_does(slack: float) -> None:
+    """The rule lives twice (Python for one process, Lua for Redis): they agree, with the
+    other routers' recent claims, ties and slack."""
+    draw = random.Random(f"pick-{slack}")
+    server = fakeredis.FakeServer()
+    store, other = (
+        RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2, recent_window=WINDOW)
+        for _ in range(2)
+    )
+    try:
+        for case in range(40):
+            replicas = [f"r{i}" for i in range(draw.randint(1, 5))]
+            loads = [(r, float(draw.choice([0, 0.5, 1, 2, 2.5, 4]))) for r in replicas]
+            proposal = Proposal(f"pool-{case}", loads, slack)
+            # Another router's recent claims on this pool.
+            theirs = {r: draw.randint(0, 2) for r in replicas}
+            for r, count in theirs.items():
+                for n in range(count):
+                    seed = chain(f"seed-{case}-{r}-{n}")
+                    only = Proposal(f"pool-{case}", [(r, 0.0)], 0.0)
+                    await other.lookup(seed.lookups, Claim(seed.records, fixed(only)))
+            request = chain(f"case-{case}")
+            result = await store.lookup(request.lookups, Claim(request.records, fixed(proposal)))
+            assert result.claimant == proposal.pick(theirs), (loads, theirs, slack)
+    finally:
+        await store.aclose()
+        await other.aclose()
 
 
 async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
