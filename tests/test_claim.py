@@ -35,7 +35,7 @@ class Router:
     store: PrefixStore
 
 
-def router(store: PrefixStore, *in_flight: int) -> Router:
+def router(store: PrefixStore, *in_flight: int, slack: float = 0.0) -> Router:
     config = RouterConfig.model_validate(
         {
             "backends": [
@@ -48,6 +48,7 @@ def router(store: PrefixStore, *in_flight: int) -> Router:
                 }
             ],
             "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
+            "routing": {"placement_slack": slack},
         }
     )
     pool = Balancer(config).pools["pool"]
@@ -133,6 +134,23 @@ async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_
     assert len(set(placed)) == 4, placed
     # The counts last one window.
     assert 0 < await shared[0].redis.ttl("claim:placed:pool") <= WINDOW
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_one_router_places_alike_with_redis_and_without(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """A router's own claims are in its loads once sent; the shared counts must not add them
+    again. With a slack of one request, two new prefixes that rank alike share a replica."""
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    one = router(store, 0, 0, 0, 0, slack=1.0)
+    placed = []
+    for name in same_order(2, one.pool):
+        placement = await one.placer.place(one.pool, chain(name))
+        chosen = placement.ranking.candidates[0]
+        chosen.in_flight += 1
+        placed.append(chosen.id)
+    assert placed[0] == placed[1], placed
 
 
 def fixed(proposal: Proposal) -> Callable[[], Proposal]:
@@ -274,36 +292,46 @@ async def test_a_claimed_replica_passed_over_gives_way_to_the_one_used(
 
 
 class Gate:
-    """Holds a store's lookup script until opened: a Redis reply that comes too late."""
+    """A Redis reply that comes too late: holds a store's lookup script until opened, either
+    before it runs (``runs_late``) or after (it ran, its answer is late)."""
 
-    def __init__(self, store: RedisPrefixStore) -> None:
+    def __init__(self, store: RedisPrefixStore, *, runs_late: bool) -> None:
         self.open = asyncio.Event()
+        self._runs_late = runs_late
         self._script = store._lookup_script
         store._lookup_script = self  # type: ignore[assignment]
 
     async def __call__(self, *, keys: Any, args: Any) -> Any:
+        if self._runs_late:
+            await self.open.wait()
+            return await self._script(keys=keys, args=args)
+        answer = await self._script(keys=keys, args=args)
         await self.open.wait()
-        return await self._script(keys=keys, args=args)
+        return answer
 
 
-@pytest.mark.parametrize("then", ["sent", "refused", "waiting"])
-async def test_a_claim_that_lands_after_its_lookup_gave_up_is_settled(
-    then: str, redis_server: RedisServer
+@pytest.mark.parametrize(
+    ("then", "runs_late"),
+    [("sent", False), ("sent elsewhere", False), ("refused", True), ("waiting", True)],
+)
+async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
+    then: str, runs_late: bool, redis_server: RedisServer
 ) -> None:
     store = RedisPrefixStore(Redis.from_url(redis_server.url), key_prefix="late:", timeout=0.05)
     try:
-        gate = Gate(store)
+        gate = Gate(store, runs_late=runs_late)
         a = router(store, 0, 5, 5)
         request = chain(f"late-{then}")
         last = request.records[-1]
         placed = await a.placer.place(a.pool, request)
         assert placed.degraded and placed.claimed is None
-        chosen = placed.ranking.candidates[0]
-        assert chosen.id == "r0"  # the proposal the late claim carries
+        proposed = placed.ranking.candidates[0]
+        assert proposed.id == "r0"  # the claim carries the same pick (no other router)
+        sent = a.pool.replicas[1] if then == "sent elsewhere" else proposed
         if then != "waiting":  # "waiting": still held by its rate-limit check
-            a.placer.dispatched(placed, chosen)
+            a.placer.dispatched(placed, sent)  # elsewhere: r0's breaker opened meanwhile
         if then == "refused":
-            a.placer.report(placed, chosen, Outcome.REFUSED)
+            a.placer.report(placed, sent, Outcome.REFUSED)
         gate.open.set()
         await store.flush()
         await store.flush()  # the settling write the late answer started
@@ -311,12 +339,14 @@ async def test_a_claim_that_lands_after_its_lookup_gave_up_is_settled(
         ttl = await store.redis.ttl(store.key(last.key))
         if then == "sent":
             assert held == {"r0"} and ttl > CLAIM_TTL  # confirmed
+        elif then == "sent elsewhere":
+            assert held == {"r1"} and ttl > CLAIM_TTL  # where the request went
         elif then == "refused":
             # The late claim must not bring back the replica that failed.
             assert held == set() and store.local.holders(last) == ()
         else:
             assert held == {"r0"} and 0 < ttl <= CLAIM_TTL  # it stands, for now
-            a.placer.dispatched(placed, chosen)
+            a.placer.dispatched(placed, sent)
             await store.flush()
             assert await store.redis.ttl(store.key(last.key)) > CLAIM_TTL
     finally:
