@@ -17,6 +17,7 @@ here does I/O, so the request path only reads numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -63,7 +64,11 @@ def parse_report(page: bytes) -> LoadReport:
     values: dict[str, list[float]] = {}
     for family in families:
         for sample in family.samples:
-            values.setdefault(sample.name, []).append(float(sample.value))
+            value = float(sample.value)
+            # Prometheus text allows NaN and infinities; a count or usage that is one (or is
+            # negative) says nothing, and would poison every comparison of loads.
+            if math.isfinite(value) and value >= 0:
+                values.setdefault(sample.name, []).append(value)
     running = _first(values, _RUNNING, total=True)
     waiting = _first(values, _WAITING, total=True)
     if running is None and waiting is None:

@@ -42,9 +42,20 @@ def test_a_page_without_kv_usage_still_gives_load() -> None:
     assert parse_report(b"vllm:num_requests_waiting 4\n") == LoadReport(0.0, 4.0, None)
 
 
+def test_samples_that_are_not_counts_are_left_out() -> None:
+    page = b"""vllm:num_requests_running{engine="0"} NaN
+vllm:num_requests_running{engine="1"} 3
+vllm:num_requests_waiting{engine="0"} +Inf
+vllm:num_requests_waiting{engine="1"} -2
+vllm:gpu_cache_usage_perc{engine="0"} NaN
+"""
+    assert parse_report(page) == LoadReport(3.0, 0.0, None)
+
+
 @pytest.mark.parametrize(
     "page",
     [
+        b"vllm:num_requests_running NaN\nvllm:num_requests_waiting +Inf\n",
         b"",
         b"<html><body>Not Found</body></html>",
         b"# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.5\n",
