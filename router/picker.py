@@ -15,7 +15,8 @@ byte. It reads a replica only through ``load()``, ``usable(now)`` and
    with or without the shared index, puts the same new prefix on the same replica while they
    see the same loads, the prefixes of a busy fleet spread by load, and when all holders of a
    hot prefix are overloaded the next replica in its rendezvous order takes it (and joins its
-   holders).
+   holders). The index, when it claims the prefix, breaks exact ties by the pool's placement
+   order (``Proposal.pick``): the replica given a new prefix longest ago takes it.
 5. A request without prefixes goes to the least-loaded replica (round robin among equals).
 """
 

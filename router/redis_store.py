@@ -35,7 +35,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from router.chain import Prefix
-from router.store import Claim, Found, Lookup, MemoryPrefixStore, PrefixStore
+from router.store import RECENCY_TTL, Claim, Found, Lookup, MemoryPrefixStore, PrefixStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,14 +44,17 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # The lookup, and the claim of a prefix new to every router.
 # KEYS[1..n]: the looked-up prefixes, shortest first; KEYS[n+1..n+m]: the prefixes to record
 # (m = 0: no claim); KEYS[n+m+1]: the pool's recent claims, one hash: per replica, a count
-# (field: the replica) and each router's own share of it (field: replica|router).
+# (field: the replica) and each router's own share of it (field: replica|router);
+# KEYS[n+m+2]: the pool's placement order, one hash: per replica, the sequence number of its
+# last new prefix (field: the replica), and the last number given (field: '', never an id).
 # ARGV[1]: n; ARGV[2]: m; ARGV[3..2+n]: the looked-up keys' TTLs; ARGV[3+n..2+n+m]: the claim's
 # TTLs; ARGV[3+n+m]: the slack; ARGV[4+n+m]: the recent counts' window in seconds; ARGV[5+n+m]:
-# the proposing router's id; then pairs of (replica, load as that router sees it, its own
-# recent claims included), in rendezvous order.
+# the proposing router's id; ARGV[6+n+m]: the placement order's TTL; then pairs of (replica,
+# load as that router sees it, its own recent claims included), in rendezvous order.
 # Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
 # When none has holders and there is a claim, picks as Proposal.pick does, with the other
-# routers' recent claims added to the loads, counts the pick, and records it: {0, {replica}}.
+# routers' recent claims added to the loads and ties broken by the placement order, counts
+# the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
@@ -64,9 +67,10 @@ for i = n, 1, -1 do
 end
 if m == 0 then return false end
 local recent = KEYS[n + m + 1]
+local order = KEYS[n + m + 2]
 local me = '|' .. ARGV[n + m + 5]
 local names, scores, lightest = {}, {}, nil
-for j = n + m + 6, #ARGV, 2 do
+for j = n + m + 7, #ARGV, 2 do
   local counts = redis.call('HMGET', recent, ARGV[j], ARGV[j] .. me)
   local others = (tonumber(counts[1]) or 0) - (tonumber(counts[2]) or 0)
   local score = tonumber(ARGV[j + 1]) + others
@@ -75,10 +79,25 @@ for j = n + m + 6, #ARGV, 2 do
   if lightest == nil or score < lightest then lightest = score end
 end
 local limit = lightest + tonumber(ARGV[n + m + 3])
-local chosen = names[1]
+local level = nil
 for k = 1, #names do
-  if scores[k] <= limit then chosen = names[k] break end
+  if scores[k] <= limit then level = scores[k] break end
 end
+local tied = {}
+for k = 1, #names do
+  if scores[k] == level then tied[#tied + 1] = names[k] end
+end
+local chosen = tied[1]
+if #tied > 1 then
+  local lasts = redis.call('HMGET', order, unpack(tied))
+  local oldest = tonumber(lasts[1]) or 0
+  for k = 2, #tied do
+    local at = tonumber(lasts[k]) or 0
+    if at < oldest then chosen, oldest = tied[k], at end
+  end
+end
+redis.call('HSET', order, chosen, redis.call('HINCRBY', order, '', 1))
+redis.call('EXPIRE', order, ARGV[n + m + 6])
 redis.call('HINCRBY', recent, chosen, 1)
 redis.call('HINCRBY', recent, chosen .. me, 1)
 if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 4]) end
@@ -133,7 +152,7 @@ class RedisPrefixStore(PrefixStore):
         self._retry_after = retry_after
         self._threshold = max(1, failure_threshold)
         self._clock = clock
-        self.local = MemoryPrefixStore(local_entries, clock=clock)
+        self.local = MemoryPrefixStore(local_entries, ordered=False, clock=clock)
         self._lookup_script = redis.register_script(_LOOKUP_LUA)
         self._record_script = redis.register_script(_RECORD_LUA)
         self._failures = 0
@@ -185,9 +204,10 @@ class RedisPrefixStore(PrefixStore):
             records = claim.records
             keys += [self.key(p.key) for p in records]
             keys.append(f"{self._key_prefix}placed:{proposal.pool}")
+            keys.append(f"{self._key_prefix}order:{proposal.pool}")
             args: list[Any] = [len(prefixes), len(records), *ttls]
             args += [claim.ttl(p) for p in records]
-            args += [proposal.slack, self._recent_window, self._router_id]
+            args += [proposal.slack, self._recent_window, self._router_id, RECENCY_TTL]
             for replica, load in proposal.choices:
                 args += [replica, load]
         else:

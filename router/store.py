@@ -18,7 +18,10 @@ them saw. The Redis store also counts each replica's recent claims, shared by ev
 and adds the other routers' to the proposing router's loads when it picks (``Proposal.pick``):
 a router cannot see another's placements in its load figures until the next scrape, and
 without the counts a burst of new prefixes from several routers piles onto the replica each
-thinks is the lightest. (Recording only after the dispatch left a window of one round trip
+thinks is the lightest. Replicas that tie are told apart by their last new prefix: the one
+given a new prefix longest ago takes the next (its cold prefill, if any, is the furthest
+along), so new prefixes arriving together pair up with the oldest ones rather than by their
+hashes. (Recording only after the dispatch left a window of one round trip
 in which two routers could each place a burst's first request on a different replica.) A
 claim stands for ``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)``
 with the full TTL), or a lookup that finds it refreshes it, so the claim of a request that
@@ -42,6 +45,9 @@ from router.chain import Prefix
 # Seconds a claim stands before its request's dispatch confirms it: far longer than the wait
 # between a lookup and the dispatch, far shorter than a prefix's TTL.
 CLAIM_TTL = 10
+# Seconds a pool remembers the order in which its replicas were last given a new prefix
+# (renewed by each claim): longer than a cold prefill takes.
+RECENCY_TTL = 10
 
 
 class StoreUnavailable(Exception):
@@ -89,16 +95,23 @@ class Proposal:
     choices: Sequence[tuple[str, float]]  # (replica id, load); never empty
     slack: float
 
-    def pick(self, recent: Mapping[str, float] | None = None) -> str:
+    def pick(
+        self, recent: Mapping[str, float] | None = None, last: Mapping[str, int] | None = None
+    ) -> str:
         """The first choice whose load, plus its ``recent`` placements (other routers' claims
         of new prefixes, which this router's load figures may not show yet; its own are in
-        them), is within the slack of the lightest. The Redis store's lookup script applies
-        the same rule."""
-        scores = [
-            (replica, load + (recent or {}).get(replica, 0)) for replica, load in self.choices
-        ]
-        lightest = min(score for _, score in scores) + self.slack
-        return next(replica for replica, score in scores if score <= lightest)
+        them), is within the slack of the lightest. Of the choices scored exactly as that
+        one, the one ``last`` given a new prefix longest ago (a sequence number; never: 0)
+        is taken, and equals keep their rendezvous order. The Redis store's lookup script
+        applies the same rule."""
+        recent = recent or {}
+        scores = [(replica, load + recent.get(replica, 0)) for replica, load in self.choices]
+        limit = min(score for _, score in scores) + self.slack
+        level = next(score for _, score in scores if score <= limit)
+        tied = [replica for replica, score in scores if score == level]
+        if last is None or len(tied) == 1:
+            return tied[0]
+        return min(tied, key=lambda replica: last.get(replica, 0))  # the first of equals
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +161,47 @@ class _Entry:
         self.recorded = recorded  # when this process last recorded a holder
 
 
-class MemoryPrefixStore(PrefixStore):
-    """A bounded LRU of holder sets with per-entry TTL, for one router process."""
+class _Recency:
+    """The order in which one pool's replicas were last given a new prefix."""
 
-    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] = time.monotonic):
+    __slots__ = ("expires", "last", "seq")
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.seq = 0
+        self.expires = 0.0
+
+    def note(self, replica: str, now: float) -> None:
+        if now >= self.expires:  # forgotten, as the Redis hash expires
+            self.last.clear()
+            self.seq = 0
+        self.seq += 1
+        self.last[replica] = self.seq
+        self.expires = now + RECENCY_TTL
+
+    def order(self, now: float) -> dict[str, int]:
+        return self.last if now < self.expires else {}
+
+
+class MemoryPrefixStore(PrefixStore):
+    """A bounded LRU of holder sets with per-entry TTL, for one router process.
+
+    ``ordered``: claims break ties by the pool's placement order (``Proposal.pick``). The
+    Redis store's fallback index is not ordered: routers cut off from Redis cannot share that
+    order, and rendezvous alone keeps them placing a new prefix alike.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        *,
+        ordered: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._max_entries = max_entries
         self._clock = clock
+        self._recency: dict[str, _Recency] | None = {} if ordered else None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -192,7 +239,14 @@ class MemoryPrefixStore(PrefixStore):
         if found is not None or claim is None:
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
-        replica = claim.propose().pick()
+        proposal = claim.propose()
+        if self._recency is None:
+            replica = proposal.pick()
+        else:
+            now = self._clock()
+            recency = self._recency.setdefault(proposal.pool, _Recency())
+            replica = proposal.pick(last=recency.order(now))
+            recency.note(replica, now)
         for prefix in claim.records:
             self._put(prefix, replica, first=True, ttl=claim.ttl(prefix))
         return Lookup(None, claimant=replica)

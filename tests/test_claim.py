@@ -19,7 +19,14 @@ from router.config import RouterConfig
 from router.picker import Picker, rendezvous
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
-from router.store import CLAIM_TTL, Claim, MemoryPrefixStore, PrefixStore, Proposal
+from router.store import (
+    CLAIM_TTL,
+    RECENCY_TTL,
+    Claim,
+    MemoryPrefixStore,
+    PrefixStore,
+    Proposal,
+)
 
 from .conftest import RedisServer, free_port, redis_clients
 
@@ -153,6 +160,58 @@ async def test_one_router_places_alike_with_redis_and_without(
     assert placed[0] == placed[1], placed
 
 
+@pytest.mark.parametrize("routers", [1, 2])
+async def test_replicas_that_tie_take_new_prefixes_in_turn(
+    routers: int, shared: list[RedisPrefixStore]
+) -> None:
+    """On an idle fleet every replica ties: new prefixes go to the replica given one longest
+    ago, not by their hashes (which would put some on one replica and none on another). One
+    router (in-process index) and two routers taking turns (Redis) place them alike."""
+    stores: list[PrefixStore] = [MemoryPrefixStore()] if routers == 1 else list(shared)
+    fleet = [router(store, 0, 0, 0, 0) for store in stores]
+    placed = []
+    for n in range(8):
+        one = fleet[n % len(fleet)]
+        placement = await one.placer.place(one.pool, chain(f"turn-{n}"))
+        assert placement.claimed == placement.ranking.candidates[0].id
+        placed.append(placement.claimed)
+    assert sorted(placed[:4]) == ["r0", "r1", "r2", "r3"], placed
+    assert placed[4:] == placed[:4], placed
+    if routers == 2:
+        assert 0 < await shared[0].redis.ttl("claim:order:pool") <= RECENCY_TTL
+
+
+async def test_routers_cut_off_from_redis_break_ties_by_rendezvous_alike() -> None:
+    """Without Redis the routers cannot share the placement order: each places a new prefix
+    by rendezvous, so they still agree."""
+    nobody = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    stores = [
+        RedisPrefixStore(
+            Redis.from_url(nobody, socket_connect_timeout=0.5), failure_threshold=1, timeout=0.5
+        )
+        for _ in range(2)
+    ]
+    try:
+        for store in stores:
+            assert (await store.lookup([Prefix("warm", 300, 2000)])).degraded
+        a, b = (router(store, 0, 0, 0, 0) for store in stores)
+        names = [f"cut-off-{n}" for n in range(6)]
+        for name in ("only-a-0", "only-a-1"):  # a's placement order now differs from b's
+            await a.placer.place(a.pool, chain(name))
+        seen = [
+            [(await r.placer.place(r.pool, chain(name))).claimed for name in names] for r in (a, b)
+        ]
+        expected = []
+        for name in names:
+            key = chain(name).placement_key
+            assert key is not None
+            expected.append(max(a.pool.replicas, key=lambda r: rendezvous(key, r)).id)
+        assert seen[0] == seen[1] == expected
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
 def fixed(proposal: Proposal) -> Callable[[], Proposal]:
     return lambda: proposal
 
@@ -160,7 +219,7 @@ def fixed(proposal: Proposal) -> Callable[[], Proposal]:
 @pytest.mark.parametrize("slack", [0.0, 0.5, 2.0])
 async def test_the_lookup_script_picks_as_proposal_pick_does(slack: float) -> None:
     """The rule lives twice (Python for one process, Lua for Redis): they agree, with the
-    other routers' recent claims, ties and slack."""
+    other routers' recent claims, ties broken by the placement order, and slack."""
     draw = random.Random(f"pick-{slack}")
     server = fakeredis.FakeServer()
     store, other = (
@@ -168,20 +227,24 @@ async def test_the_lookup_script_picks_as_proposal_pick_does(slack: float) -> No
         for _ in range(2)
     )
     try:
-        for case in range(40):
+        for case in range(60):
             replicas = [f"r{i}" for i in range(draw.randint(1, 5))]
             loads = [(r, float(draw.choice([0, 0.5, 1, 2, 2.5, 4]))) for r in replicas]
             proposal = Proposal(f"pool-{case}", loads, slack)
-            # Another router's recent claims on this pool.
+            # Another router's recent claims on this pool, in a random order.
             theirs = {r: draw.randint(0, 2) for r in replicas}
-            for r, count in theirs.items():
-                for n in range(count):
-                    seed = chain(f"seed-{case}-{r}-{n}")
-                    only = Proposal(f"pool-{case}", [(r, 0.0)], 0.0)
-                    await other.lookup(seed.lookups, Claim(seed.records, fixed(only)))
+            seeds = [r for r, count in theirs.items() for _ in range(count)]
+            draw.shuffle(seeds)
+            last: dict[str, int] = {}
+            for n, r in enumerate(seeds, 1):
+                seed = chain(f"seed-{case}-{n}")
+                only = Proposal(f"pool-{case}", [(r, 0.0)], 0.0)
+                await other.lookup(seed.lookups, Claim(seed.records, fixed(only)))
+                last[r] = n
             request = chain(f"case-{case}")
             result = await store.lookup(request.lookups, Claim(request.records, fixed(proposal)))
-            assert result.claimant == proposal.pick(theirs), (loads, theirs, slack)
+            expected = proposal.pick(theirs, last)
+            assert result.claimant == expected, (loads, theirs, last, slack)
     finally:
         await store.aclose()
         await other.aclose()
