@@ -155,6 +155,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.dropped_writes = Counter(
+            "di_prefix_index_writes_dropped",
+            "Writes to the shared prefix index (Redis) let go because too many were waiting "
+            "for it; the in-process index still holds them.",
+            registry=r,
+        )
         self.lookup = Histogram(
             "di_prefix_lookup_seconds",
             "Prefix index lookups, by store and outcome (hit, miss, error).",
@@ -269,7 +275,7 @@ class Metrics:
         gained = total - self._carried.get(key, 0)
         if gained > 0:
             self._carried[key] = total
-            self._child(counter, labels).inc(gained)
+            (self._child(counter, labels) if labels else counter).inc(gained)
 
     def retry(self, backend: str, reason: str) -> None:
         """An attempt that failed before the first byte and was retried elsewhere."""
@@ -278,8 +284,10 @@ class Metrics:
     def fallback(self, request_type: str, from_backend: str, to_backend: str) -> None:
         self.fallbacks.labels(request_type, from_backend, to_backend).inc()
 
-    def redis_state(self, up: bool) -> None:
+    def redis_state(self, up: bool, dropped_writes: int = 0) -> None:
+        """Whether Redis answers, and the writes to it dropped so far (``RedisPrefixStore``)."""
         self.redis_up.set(1 if up else 0)
+        self._carry(self.dropped_writes, (), dropped_writes)
 
     def prefix_lookup(self, store: str, outcome: str, seconds: float) -> None:
         self._child(self.lookup, (store, outcome)).observe(seconds)  # per prefix lookup

@@ -144,6 +144,7 @@ class RedisPrefixStore(PrefixStore):
         failure_threshold: int = 3,
         local_entries: int = 100_000,
         recent_window: int = RECENT_WINDOW,
+        max_queued: int = _MAX_QUEUED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
@@ -158,7 +159,8 @@ class RedisPrefixStore(PrefixStore):
         self._failures = 0
         self._down_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._queue: deque[Write] = deque(maxlen=_MAX_QUEUED)  # writes waiting, oldest first
+        self._queue: deque[Write] = deque(maxlen=max_queued)  # writes waiting, oldest first
+        self.dropped_writes = 0  # for the metrics: writes the full queue let go
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
@@ -320,6 +322,8 @@ class RedisPrefixStore(PrefixStore):
         record, then the forget of a replica that failed at once, must not arrive the other
         way round. When Redis is too slow for the queue, its oldest writes are dropped (the
         in-process index still has them, and a lookup puts recent ones back)."""
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped_writes += 1  # the oldest goes
         self._queue.append(write)
         if self._writer is None:
             self._writer = self._track(asyncio.get_running_loop().create_task(self._drain()))

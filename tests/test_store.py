@@ -194,6 +194,26 @@ async def test_many_writes_and_a_broken_one_all_land(caplog: pytest.LogCaptureFi
     await other.aclose()
 
 
+async def test_writes_beyond_the_queue_drop_the_oldest_and_are_counted() -> None:
+    """A Redis too slow for the writes: the queue keeps the newest, the in-process index keeps
+    all of them, and the drops are counted for the metrics."""
+    server = fakeredis.FakeServer()
+    store = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2, max_queued=4)
+    other = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
+    try:
+        for i in range(7):  # all queued before the writer first runs
+            store.record([bp(f"queued{i}")], "r1", first=True)
+        assert store.dropped_writes == 3
+        await store.flush()
+        assert [await found(other, bp(f"queued{i}")) for i in range(7)] == [None] * 3 + [
+            (0, ("r1",))
+        ] * 4
+        assert all(store.local.get([bp(f"queued{i}")]) is not None for i in range(7))
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
 async def test_redis_faults_count_to_a_threshold_and_the_local_index_answers(
     redis_server: RedisServer,
 ) -> None:
