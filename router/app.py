@@ -167,7 +167,10 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await redis_store.prepare()
             app[STORE] = redis_store
         else:
-            app[STORE] = MemoryPrefixStore(cache.memory_max_entries)
+            # Workers of one router (their metrics shared) cannot share a placement order
+            # either: they break ties by rendezvous alone, and so alike.
+            ordered = not app[METRICS].shared
+            app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=ordered)
     yield
     if owned:
         await app[STORE].aclose()

@@ -186,9 +186,10 @@ class _Recency:
 class MemoryPrefixStore(PrefixStore):
     """A bounded LRU of holder sets with per-entry TTL, for one router process.
 
-    ``ordered``: claims break ties by the pool's placement order (``Proposal.pick``). The
-    Redis store's fallback index is not ordered: routers cut off from Redis cannot share that
-    order, and rendezvous alone keeps them placing a new prefix alike.
+    ``ordered``: claims break ties by the pool's placement order (``Proposal.pick``). Where
+    several processes cannot share that order (the Redis store's fallback index, the workers
+    of one router without Redis), the index is not ordered: rendezvous alone keeps them
+    placing a new prefix alike.
     """
 
     def __init__(
@@ -205,6 +206,10 @@ class MemoryPrefixStore(PrefixStore):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def ordered(self) -> bool:
+        return self._recency is not None
 
     def get(
         self, prefixes: Sequence[Prefix], *, recorded_after: float | None = None

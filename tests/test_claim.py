@@ -7,15 +7,19 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
+from router.app import create_app
 from router.balancer import Balancer, Pool
 from router.chain import Prefix, PrefixChain
 from router.config import RouterConfig
+from router.keys import STORE
+from router.metrics import MULTIPROC_ENV
 from router.picker import Picker, rendezvous
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
@@ -62,6 +66,14 @@ def router(store: PrefixStore, *in_flight: int, slack: float = 0.0) -> Router:
     for replica, count in zip(pool.replicas, in_flight, strict=True):
         replica.in_flight = count
     return Router(pool, Placer(store, Picker(config.routing)), store)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def chain(name: str) -> PrefixChain:
@@ -217,15 +229,13 @@ def fixed(proposal: Proposal) -> Callable[[], Proposal]:
 
 
 @pytest.mark.parametrize("slack", [0.0, 0.5, 2.0])
-async def test_the_lookup_script_picks_as_proposal_pick_does(slack: float) -> None:
+async def test_the_lookup_script_picks_as_proposal_pick_does(
+    slack: float, shared: list[RedisPrefixStore]
+) -> None:
     """The rule lives twice (Python for one process, Lua for Redis): they agree, with the
     other routers' recent claims, ties broken by the placement order, and slack."""
     draw = random.Random(f"pick-{slack}")
-    server = fakeredis.FakeServer()
-    store, other = (
-        RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2, recent_window=WINDOW)
-        for _ in range(2)
-    )
+    store, other = shared
     try:
         for case in range(60):
             replicas = [f"r{i}" for i in range(draw.randint(1, 5))]
@@ -248,6 +258,49 @@ async def test_the_lookup_script_picks_as_proposal_pick_does(slack: float) -> No
     finally:
         await store.aclose()
         await other.aclose()
+
+
+async def test_one_router_keeps_the_same_placement_order_in_process_and_in_redis(
+    shared: list[RedisPrefixStore],
+) -> None:
+    """The order one router keeps in process and the one Redis keeps for it are the same,
+    whether or not a claim was a tie (every claim counts in the order)."""
+    draw = random.Random("order")
+    memory = MemoryPrefixStore()
+    for n in range(80):
+        loads = [(f"r{i}", float(draw.choice([0, 0, 1, 2]))) for i in range(4)]
+        proposal = Proposal("pool", loads, 0.0)
+        request = chain(f"order-{n}")
+        here = await memory.lookup(request.lookups, Claim(request.records, fixed(proposal)))
+        there = await shared[0].lookup(request.lookups, Claim(request.records, fixed(proposal)))
+        assert here.claimant == there.claimant, (n, loads)
+
+
+async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> None:
+    clock = Clock()
+    store = MemoryPrefixStore(clock=clock)
+    tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
+    first = chain("forgotten-0")
+    assert (await store.lookup(first.lookups, Claim(first.records, fixed(tied)))).claimant == "r0"
+    clock.now += RECENCY_TTL - 1  # still remembered: r1 was never given one
+    second = chain("forgotten-1")
+    assert (await store.lookup(second.lookups, Claim(second.records, fixed(tied)))).claimant == "r1"
+    clock.now += RECENCY_TTL  # forgotten: rendezvous order again
+    third = chain("forgotten-2")
+    assert (await store.lookup(third.lookups, Claim(third.records, fixed(tied)))).claimant == "r0"
+
+
+async def test_each_claim_renews_the_placement_order_in_redis(
+    shared: list[RedisPrefixStore],
+) -> None:
+    tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
+    for n in range(2):
+        request = chain(f"renewed-{n}")
+        await shared[0].lookup(request.lookups, Claim(request.records, fixed(tied)))
+        await shared[0].redis.expire("claim:order:pool", 2)  # as if it were about to go
+    request = chain("renewed-2")
+    await shared[0].lookup(request.lookups, Claim(request.records, fixed(tied)))
+    assert await shared[0].redis.ttl("claim:order:pool") > 2
 
 
 async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
@@ -449,3 +502,31 @@ async def test_a_prefix_known_in_process_is_not_claimed(shared: list[RedisPrefix
     result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
     assert asked == [] and not result.claimed
     assert await holders_in_redis(shared[1], request.records[-1]) == set()
+
+
+@pytest.mark.parametrize("workers", [False, True])
+async def test_workers_without_redis_break_ties_by_rendezvous(
+    workers: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The workers of one router (``serve --workers N``) keep an index each and cannot share
+    a placement order: as routers cut off from Redis do, they place by rendezvous alone. A
+    router of one process keeps the order."""
+    if workers:
+        monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))  # what the parent gives its workers
+    config = RouterConfig.model_validate(
+        {
+            "backends": [
+                {"name": "pool", "replicas": [{"id": "r0", "url": "http://127.0.0.1:9/v1"}]}
+            ],
+            "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
+        }
+    )
+    app = create_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        store = app[STORE]
+        assert isinstance(store, MemoryPrefixStore)
+        assert store.ordered is not workers
+    finally:
+        await server.close()
