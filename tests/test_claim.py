@@ -280,14 +280,18 @@ async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> 
     clock = Clock()
     store = MemoryPrefixStore(clock=clock)
     tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
-    first = chain("forgotten-0")
-    assert (await store.lookup(first.lookups, Claim(first.records, fixed(tied)))).claimant == "r0"
-    clock.now += RECENCY_TTL - 1  # still remembered: r1 was never given one
-    second = chain("forgotten-1")
-    assert (await store.lookup(second.lookups, Claim(second.records, fixed(tied)))).claimant == "r1"
-    clock.now += RECENCY_TTL  # forgotten: rendezvous order again
-    third = chain("forgotten-2")
-    assert (await store.lookup(third.lookups, Claim(third.records, fixed(tied)))).claimant == "r0"
+
+    async def claim(name: str) -> str | None:
+        request = chain(name)
+        return (await store.lookup(request.lookups, Claim(request.records, fixed(tied)))).claimant
+
+    assert await claim("kept-0") == "r0"
+    clock.now += RECENCY_TTL - 1
+    assert await claim("kept-1") == "r1"  # r1 was never given one
+    clock.now += RECENCY_TTL - 1  # within the window of the last claim
+    assert await claim("kept-2") == "r0"  # r0's was the older
+    clock.now += RECENCY_TTL  # forgotten: rendezvous order again, not r1's turn
+    assert await claim("forgotten") == "r0"
 
 
 async def test_each_claim_renews_the_placement_order_in_redis(
