@@ -281,9 +281,11 @@ async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> 
     store = MemoryPrefixStore(clock=clock)
     tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
 
-    async def claim(name: str) -> str | None:
+    async def claim(name: str, proposal: Proposal = tied) -> str | None:
         request = chain(name)
-        return (await store.lookup(request.lookups, Claim(request.records, fixed(tied)))).claimant
+        return (
+            await store.lookup(request.lookups, Claim(request.records, fixed(proposal)))
+        ).claimant
 
     assert await claim("kept-0") == "r0"
     clock.now += RECENCY_TTL - 1
@@ -291,7 +293,10 @@ async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> 
     clock.now += RECENCY_TTL - 1  # within the window of the last claim
     assert await claim("kept-2") == "r0"  # r0's was the older
     clock.now += RECENCY_TTL  # forgotten: rendezvous order again, not r1's turn
-    assert await claim("forgotten") == "r0"
+    assert await claim("forgotten-0") == "r0"
+    # Forgotten whole: r1 counts as never given one again, so it goes before r2.
+    three = Proposal("pool", [("r0", 0.0), ("r1", 0.0), ("r2", 0.0)], 0.0)
+    assert await claim("forgotten-1", three) == "r1"
 
 
 async def test_each_claim_renews_the_placement_order_in_redis(
