@@ -47,6 +47,7 @@ from router.keys import (
     STORE,
     TRACER,
     WATCHER,
+    WORKER,
 )
 from router.lifecycle import Lifecycle
 from router.limits import BodyParser
@@ -74,13 +75,16 @@ def create_app(
     store: PrefixStore | None = None,
     objects: ObjectStore | None = None,
     tracer: RequestTracer | None = None,
+    worker: bool = False,
 ) -> web.Application:
+    """The router's application; ``worker``: one of the processes of ``serve --workers N``."""
     app = web.Application(
         client_max_size=config.server.max_body_size,
         middlewares=[request_middleware, tenancy_middleware],
         handler_args={"max_field_size": 32 << 10},
     )
     app[CONFIG] = config
+    app[WORKER] = worker
     app[BALANCER] = Balancer(config)
     attach(app[BALANCER], config)
     app[METRICS] = Metrics()
@@ -163,14 +167,14 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                 retry_after=cache.retry_after,
                 failure_threshold=cache.failure_threshold,
                 max_connections=app[CONFIG].upstream.connection_limit,
+                on_drop=app[METRICS].index_write_dropped,
             )
             await redis_store.prepare()
             app[STORE] = redis_store
         else:
-            # Workers of one router (their metrics shared) cannot share a placement order
-            # either: they break ties by rendezvous alone, and so alike.
-            ordered = not app[METRICS].shared
-            app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=ordered)
+            # Workers of one router cannot share a placement order: they break ties by
+            # rendezvous alone, and so alike.
+            app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=not app[WORKER])
     yield
     if owned:
         await app[STORE].aclose()

@@ -217,10 +217,11 @@ def _with_overrides(config: RouterConfig, overrides: dict[str, dict[str, Any]]) 
 async def _serve_config(
     config: RouterConfig,
     *,
-    reuse_port: bool = False,
+    worker: bool = False,
     on_ready: Callable[[web.AppRunner], None] | None = None,
 ) -> None:
-    runner = await _start(config, reuse_port=reuse_port)
+    """Serve until stopped; ``worker``: one of ``serve --workers N`` (the port shared)."""
+    runner = await _start(config, worker=worker)
     try:
         if on_ready is not None:
             on_ready(runner)
@@ -264,11 +265,11 @@ async def _serve_embedded(
             await fleet.close()
 
 
-async def _start(config: RouterConfig, *, reuse_port: bool = False) -> web.AppRunner:
-    runner = make_runner(create_app(config), config.server)
+async def _start(config: RouterConfig, *, worker: bool = False) -> web.AppRunner:
+    runner = make_runner(create_app(config, worker=worker), config.server)
     await runner.setup()
     site = web.TCPSite(
-        runner, config.server.host, config.server.port, backlog=1024, reuse_port=reuse_port or None
+        runner, config.server.host, config.server.port, backlog=1024, reuse_port=worker or None
     )
     await site.start()
     # Everything alive now lives as long as the process: keep it out of the collector's way,

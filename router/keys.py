@@ -27,6 +27,7 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+WORKER = web.AppKey("worker", bool)  # one of the processes of `serve --workers N`
 RECENT_ERRORS = web.AppKey("recent_errors", RecentErrors)
 TRACER = web.AppKey("tracer", RequestTracer)
 WATCHER = web.AppKey("watcher", Watcher)

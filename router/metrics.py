@@ -275,7 +275,7 @@ class Metrics:
         gained = total - self._carried.get(key, 0)
         if gained > 0:
             self._carried[key] = total
-            (self._child(counter, labels) if labels else counter).inc(gained)
+            self._child(counter, labels).inc(gained)
 
     def retry(self, backend: str, reason: str) -> None:
         """An attempt that failed before the first byte and was retried elsewhere."""
@@ -284,10 +284,13 @@ class Metrics:
     def fallback(self, request_type: str, from_backend: str, to_backend: str) -> None:
         self.fallbacks.labels(request_type, from_backend, to_backend).inc()
 
-    def redis_state(self, up: bool, dropped_writes: int = 0) -> None:
-        """Whether Redis answers, and the writes to it dropped so far (``RedisPrefixStore``)."""
+    def redis_state(self, up: bool) -> None:
         self.redis_up.set(1 if up else 0)
-        self._carry(self.dropped_writes, (), dropped_writes)
+
+    def index_write_dropped(self) -> None:
+        """A write to the shared index let go (rare): counted at once, so every worker's
+        drops show whichever worker answers the scrape."""
+        self.dropped_writes.inc()
 
     def prefix_lookup(self, store: str, outcome: str, seconds: float) -> None:
         self._child(self.lookup, (store, outcome)).observe(seconds)  # per prefix lookup

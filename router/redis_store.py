@@ -145,6 +145,7 @@ class RedisPrefixStore(PrefixStore):
         local_entries: int = 100_000,
         recent_window: int = RECENT_WINDOW,
         max_queued: int = _MAX_QUEUED,
+        on_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
@@ -160,7 +161,8 @@ class RedisPrefixStore(PrefixStore):
         self._down_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[Write] = deque(maxlen=max_queued)  # writes waiting, oldest first
-        self.dropped_writes = 0  # for the metrics: writes the full queue let go
+        self.dropped_writes = 0  # writes the full queue let go
+        self._on_drop = on_drop  # told of each (the metrics), as it happens
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
@@ -324,6 +326,8 @@ class RedisPrefixStore(PrefixStore):
         in-process index still has them, and a lookup puts recent ones back)."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped_writes += 1  # the oldest goes
+            if self._on_drop is not None:
+                self._on_drop()
         self._queue.append(write)
         if self._writer is None:
             self._writer = self._track(asyncio.get_running_loop().create_task(self._drain()))

@@ -54,7 +54,7 @@ def _worker_main(
         ready.send(os.getpid())
         ready.close()
 
-    raise SystemExit(_run(_serve_config(config, reuse_port=True, on_ready=on_ready)))
+    raise SystemExit(_run(_serve_config(config, worker=True, on_ready=on_ready)))
 
 
 async def serve_workers(

@@ -7,7 +7,6 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from router.balancer import Balancer, Pool
 from router.chain import Prefix, PrefixChain
 from router.config import RouterConfig
 from router.keys import STORE
-from router.metrics import MULTIPROC_ENV
 from router.picker import Picker, rendezvous
 from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
@@ -172,25 +170,33 @@ async def test_one_router_places_alike_with_redis_and_without(
     assert placed[0] == placed[1], placed
 
 
-@pytest.mark.parametrize("routers", [1, 2])
-async def test_replicas_that_tie_take_new_prefixes_in_turn(
-    routers: int, shared: list[RedisPrefixStore]
-) -> None:
-    """On an idle fleet every replica ties: new prefixes go to the replica given one longest
-    ago, not by their hashes (which would put some on one replica and none on another). One
-    router (in-process index) and two routers taking turns (Redis) place them alike."""
-    stores: list[PrefixStore] = [MemoryPrefixStore()] if routers == 1 else list(shared)
+async def tie_placements(stores: list[PrefixStore]) -> list[str]:
+    """Eight new prefixes placed on an idle fleet of four, by ``stores``' routers in turn."""
     fleet = [router(store, 0, 0, 0, 0) for store in stores]
     placed = []
     for n in range(8):
         one = fleet[n % len(fleet)]
         placement = await one.placer.place(one.pool, chain(f"turn-{n}"))
-        assert placement.claimed == placement.ranking.candidates[0].id
-        placed.append(placement.claimed)
+        chosen = placement.ranking.candidates[0].id
+        assert placement.claimed == chosen
+        placed.append(chosen)
+    return placed
+
+
+async def test_replicas_that_tie_take_new_prefixes_in_turn() -> None:
+    """On an idle fleet every replica ties: new prefixes go to the replica given one longest
+    ago, not by their hashes (which would put some on one replica and none on another)."""
+    placed = await tie_placements([MemoryPrefixStore()])
     assert sorted(placed[:4]) == ["r0", "r1", "r2", "r3"], placed
     assert placed[4:] == placed[:4], placed
-    if routers == 2:
-        assert 0 < await shared[0].redis.ttl("claim:order:pool") <= RECENCY_TTL
+
+
+async def test_two_routers_over_redis_take_tied_replicas_in_turn_as_one_router_does(
+    shared: list[RedisPrefixStore],
+) -> None:
+    placed = await tie_placements(list(shared))
+    assert placed == await tie_placements([MemoryPrefixStore()])
+    assert 0 < await shared[0].redis.ttl("claim:order:pool") <= RECENCY_TTL
 
 
 async def test_routers_cut_off_from_redis_break_ties_by_rendezvous_alike() -> None:
@@ -513,15 +519,11 @@ async def test_a_prefix_known_in_process_is_not_claimed(shared: list[RedisPrefix
     assert await holders_in_redis(shared[1], request.records[-1]) == set()
 
 
-@pytest.mark.parametrize("workers", [False, True])
-async def test_workers_without_redis_break_ties_by_rendezvous(
-    workers: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("worker", [False, True])
+async def test_workers_without_redis_break_ties_by_rendezvous(worker: bool) -> None:
     """The workers of one router (``serve --workers N``) keep an index each and cannot share
     a placement order: as routers cut off from Redis do, they place by rendezvous alone. A
     router of one process keeps the order."""
-    if workers:
-        monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))  # what the parent gives its workers
     config = RouterConfig.model_validate(
         {
             "backends": [
@@ -530,12 +532,12 @@ async def test_workers_without_redis_break_ties_by_rendezvous(
             "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
         }
     )
-    app = create_app(config)
+    app = create_app(config, worker=worker)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         store = app[STORE]
         assert isinstance(store, MemoryPrefixStore)
-        assert store.ordered is not workers
+        assert store.ordered is not worker
     finally:
         await server.close()

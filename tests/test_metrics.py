@@ -149,8 +149,7 @@ def test_hooks_for_placement_and_health() -> None:
     metrics.retry("pool", "connect")
     metrics.fallback("text", "pool", "spare")
     metrics.breaker_state("pool", "r1", "open")
-    metrics.redis_state(False, dropped_writes=2)
-    metrics.redis_state(False, dropped_writes=5)  # a running total: 5 in all, not 7
+    metrics.redis_state(False)
     metrics.prefix_lookup("redis", "hit", 0.002)
     metrics.replica_load("pool", "r1", 7.5)
     samples = parse(metrics.render([("pool", "r1", 3)]).decode())
@@ -158,7 +157,6 @@ def test_hooks_for_placement_and_health() -> None:
     assert total(samples, "di_fallbacks_total", from_backend="pool", to_backend="spare") == 1
     assert total(samples, "di_replica_breaker_state", replica="r1") == 2
     assert total(samples, "di_redis_up") == 0
-    assert total(samples, "di_prefix_index_writes_dropped_total") == 5
     assert total(samples, "di_prefix_lookup_seconds_count", store="redis", outcome="hit") == 1
     assert total(samples, "di_replica_load", replica="r1") == 7.5
     assert total(samples, "di_replica_in_flight", replica="r1") == 3

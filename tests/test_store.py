@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from router.chain import Prefix
+from router.metrics import Metrics
 from router.redis_store import RedisPrefixStore
 from router.store import MemoryPrefixStore, PrefixStore
 
@@ -198,12 +199,20 @@ async def test_writes_beyond_the_queue_drop_the_oldest_and_are_counted() -> None
     """A Redis too slow for the writes: the queue keeps the newest, the in-process index keeps
     all of them, and the drops are counted for the metrics."""
     server = fakeredis.FakeServer()
-    store = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2, max_queued=4)
+    metrics = Metrics()
+    store = RedisPrefixStore(
+        fakeredis.FakeAsyncRedis(server=server),
+        timeout=2,
+        max_queued=4,
+        on_drop=metrics.index_write_dropped,
+    )
     other = RedisPrefixStore(fakeredis.FakeAsyncRedis(server=server), timeout=2)
     try:
         for i in range(7):  # all queued before the writer first runs
             store.record([bp(f"queued{i}")], "r1", first=True)
         assert store.dropped_writes == 3
+        exposed = metrics.render().decode()
+        assert "\ndi_prefix_index_writes_dropped_total 3.0\n" in exposed
         await store.flush()
         assert [await found(other, bp(f"queued{i}")) for i in range(7)] == [None] * 3 + [
             (0, ("r1",))
