@@ -7,6 +7,7 @@ in ``cleanup_ctx`` generators when the application starts and closed when it sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from router import edge
 from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import EXPOSED_HEADERS, RequestContext
-from router.dashboard import RecentErrors
+from router.dashboard import RecentErrors, refresh_gauges
 from router.dispatch import Dispatcher
 from router.errors import (
     MethodNotAllowed,
@@ -114,6 +115,7 @@ def create_app(
             body_parser_ctx,
             lifecycle_ctx,
             watch_ctx,
+            worker_figures_ctx,
         ]
     )
     app.on_response_prepare.append(edge.hide_server_banner)
@@ -233,6 +235,33 @@ async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
     app[WATCHER] = watcher
     yield
     await watcher.close()
+
+
+# Seconds between a worker's own refreshes of its figures (``serve --workers N``).
+WORKER_REFRESH = 1.0
+
+
+async def worker_figures_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A worker keeps its share of the figures a scrape sums current on its own.
+
+    A scrape reaches one worker, which refreshes its gauges and carried counters before it
+    answers; without this the others' would stay as they were at their own last scrape (a
+    worker that once saw Redis down would hold ``di_redis_up`` at 0 long after it recovered).
+    """
+    if not app[WORKER]:
+        yield
+        return
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(WORKER_REFRESH)
+            refresh_gauges(app[METRICS], app[BALANCER], app[STORE], time.monotonic())
+
+    task = asyncio.create_task(refresh())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _start_context(request: web.Request) -> RequestContext:

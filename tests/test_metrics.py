@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import app as app_module
 from router.config import RouterConfig
 from router.context import RequestContext
+from router.dashboard import refresh_gauges
+from router.keys import BALANCER, METRICS
 from router.metrics import Children, Metrics
 from router.sim import SimSettings
 from router.usage import Usage
@@ -271,3 +277,39 @@ def test_retries_and_fallbacks_are_counted(make_stack: Any) -> None:
         == 1
     )
     assert total(samples, "di_requests_total", backend="sim-json", type="text") == 1
+
+
+@pytest.mark.parametrize("worker", [True, False])
+async def test_a_worker_keeps_its_figures_current_between_scrapes(
+    worker: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``serve --workers N`` a scrape reaches one worker and sums every worker's figures:
+    each worker refreshes its own meanwhile. A router of one process refreshes at its scrape."""
+    refreshed = asyncio.Event()
+
+    def counted(*args: Any) -> None:
+        refresh_gauges(*args)
+        refreshed.set()
+
+    monkeypatch.setattr("router.app.refresh_gauges", counted)
+    monkeypatch.setattr(app_module, "WORKER_REFRESH", 0.01)
+    config = RouterConfig.model_validate(
+        {
+            "backends": [
+                {"name": "pool", "replicas": [{"id": "r0", "url": "http://127.0.0.1:9/v1"}]}
+            ],
+            "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
+        }
+    )
+    app = app_module.create_app(config, worker=worker)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        app[BALANCER].pools["pool"].replicas[0].in_flight = 3
+        if worker:
+            await asyncio.wait_for(refreshed.wait(), 10)
+            assert total(parse(app[METRICS].render().decode()), "di_replica_in_flight") == 3
+        else:
+            assert not refreshed.is_set()  # nothing in the background
+    finally:
+        await server.close()
