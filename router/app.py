@@ -255,7 +255,10 @@ async def worker_figures_ctx(app: web.Application) -> AsyncIterator[None]:
     async def refresh() -> None:
         while True:
             await asyncio.sleep(WORKER_REFRESH)
-            refresh_gauges(app[METRICS], app[BALANCER], app[STORE], time.monotonic())
+            try:
+                refresh_gauges(app[METRICS], app[BALANCER], app[STORE], time.monotonic())
+            except Exception:  # a bug: say so, and keep the figures coming
+                log.exception("refreshing this worker's metrics failed")
 
     task = asyncio.create_task(refresh())
     yield
