@@ -174,8 +174,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             await redis_store.prepare()
             app[STORE] = redis_store
         else:
-            # Workers of one router cannot share a placement order: they break ties by
-            # rendezvous alone, and so alike.
+            # Workers of one router cannot share the counts and order of new prefixes: they
+            # place without the counts and break ties by rendezvous alone, and so alike.
             app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=not app[WORKER])
     yield
     if owned:

@@ -351,6 +351,11 @@ class RoutingConfig(_Frozen):
     # much of the least-loaded one's: deterministic while loads are even (every router agrees),
     # load-aware when they are not (so the prefixes of a busy fleet spread).
     placement_slack: float = Field(default=0.0, ge=0)
+    # Before that, an index that counts the new prefixes each replica holds (Redis, or one
+    # process) keeps, of the replicas whose load is within this much of the least-loaded
+    # one's, those given the fewest: a replica whose cache holds two system prompts is not
+    # given a third while another holds one. Loads further apart decide by themselves.
+    placement_count_slack: float = Field(default=8.0, ge=0)
     replica_cooldown: float = Field(default=5.0, ge=0, description="seconds a failed replica rests")
     retries: int = Field(default=2, ge=0, description="other replicas tried before the first byte")
     # Every attempt of a request (all pools) must have its response headers within this.

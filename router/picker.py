@@ -15,8 +15,10 @@ byte. It reads a replica only through ``load()``, ``usable(now)`` and
    with or without the shared index, puts the same new prefix on the same replica while they
    see the same loads, the prefixes of a busy fleet spread by load, and when all holders of a
    hot prefix are overloaded the next replica in its rendezvous order takes it (and joins its
-   holders). The index, when it claims the prefix, breaks exact ties by the pool's placement
-   order (``Proposal.pick``): the replica given a new prefix longest ago takes it.
+   holders). An index that counts each replica's new prefixes (shared by every router, or
+   of one process) refines this when it claims the prefix (``Proposal.pick``): first, of
+   the replicas within ``placement_count_slack`` of the lightest, those given the fewest;
+   exact ties go to the one given a new prefix longest ago.
 5. A request without prefixes goes to the least-loaded replica (round robin among equals).
 """
 
@@ -96,7 +98,8 @@ class Picker:
         else:
             roomy = [r for r in fit if r.accepts_new_prefixes()] or fit or by_weight
             choices = [(r.id, loads[r.id]) for r in roomy]
-            proposal = Proposal(pool.backend.name, choices, self._routing.placement_slack)
+            routing = self._routing
+            proposal = Proposal(choices, routing.placement_slack, routing.placement_count_slack)
             chosen = proposal.pick()
             first = next(r for r in roomy if r.id == chosen)
         rest = [r for r in warm if r is not first]

@@ -97,9 +97,9 @@ class Placer:
             proposals.append(ranking)
             first = ranking.candidates[0]
             # Under prefix affinity a ranking without holders always carries its proposal.
-            return ranking.proposal or Proposal(pool.backend.name, [(first.id, 0.0)], 0.0)
+            return ranking.proposal or Proposal([(first.id, 0.0)], 0.0)
 
-        claim = Claim(chain.records, propose) if chain.records else None
+        claim = Claim(pool.backend.name, chain.records, propose) if chain.records else None
         result = await self._store.lookup(chain.lookups, claim)
         found = result.found
         claimant = result.claimant

@@ -35,7 +35,15 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from router.chain import Prefix
-from router.store import RECENCY_TTL, Claim, Found, Lookup, MemoryPrefixStore, PrefixStore
+from router.store import (
+    PLACEMENT_KEPT,
+    RECENCY_TTL,
+    Claim,
+    Found,
+    Lookup,
+    MemoryPrefixStore,
+    PrefixStore,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,44 +55,90 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # (field: the replica) and each router's own share of it (field: replica|router);
 # KEYS[n+m+2]: the pool's placement order, one hash: per replica, the sequence number of its
 # last new prefix (field: the replica), and the last number given (field: '', never an id).
-# ARGV[1]: n; ARGV[2]: m; ARGV[3..2+n]: the looked-up keys' TTLs; ARGV[3+n..2+n+m]: the claim's
-# TTLs; ARGV[3+n+m]: the slack; ARGV[4+n+m]: the recent counts' window in seconds; ARGV[5+n+m]:
-# the proposing router's id; ARGV[6+n+m]: the placement order's TTL; then pairs of (replica,
-# load as that router sees it, its own recent claims included), in rendezvous order.
-# Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds.
-# When none has holders and there is a claim, picks as Proposal.pick does, with the other
-# routers' recent claims added to the loads and ties broken by the placement order, counts
-# the pick, and records it: {0, {replica}}.
+# ARGV[1]: n; ARGV[2]: m; ARGV[3]: the start of the names of the pool's per-replica sorted
+# sets of placements (the name is that and the replica id; '' only without a claim: none
+# renewed), whose members name placements (a ``Claim.tree``) and whose scores are the times
+# they stop counting; ARGV[4]: the member naming this request's placement; ARGV[5]: its
+# whole TTL; ARGV[6]: its TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8..7+n]: the
+# looked-up keys' TTLs; ARGV[8+n..7+n+m]: the claim's TTLs; ARGV[8+n+m]: the slack;
+# ARGV[9+n+m]: the recent counts' window in seconds; ARGV[10+n+m]: the proposing router's
+# id; ARGV[11+n+m]: the placement order's TTL; ARGV[12+n+m]: the count slack; then pairs of
+# (replica, load as that router sees it, its own recent claims included), in rendezvous
+# order. The sorted sets' names are built here, not passed as keys: one per holder, and the
+# holders are known only here (the store does not support Redis Cluster).
+# Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds,
+# and renews the placement on the holders it was placed on (as _Trees.renew): {index,
+# holders}. When none has holders and there is a claim, picks as Proposal.pick does (with
+# ``trees``: the placements counting, as _Trees.count), the other routers' recent claims
+# added to the loads, counts the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
+local trees = ARGV[3]
+local kept = tonumber(ARGV[7])
+local function clock()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) + tonumber(time[2]) / 1000000
+end
+local function keep(tree)
+  local ttl = tonumber(ARGV[5]) + kept
+  if redis.call('TTL', tree) < ttl then redis.call('EXPIRE', tree, ttl) end
+end
 for i = n, 1, -1 do
   local holders = redis.call('SMEMBERS', KEYS[i])
   if #holders > 0 then
-    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j + 2]) end
+    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j + 7]) end
+    if trees ~= '' then
+      local ttl = tonumber(ARGV[5])
+      local now = clock()
+      for _, holder in ipairs(holders) do
+        local tree = trees .. holder
+        local until_ = redis.call('ZSCORE', tree, ARGV[4])
+        if until_ and tonumber(until_) < now + ttl / 2 then
+          redis.call('ZADD', tree, now + ttl, ARGV[4])
+          keep(tree)
+        end
+      end
+    end
     return {i, holders}
   end
 end
 if m == 0 then return false end
 local recent = KEYS[n + m + 1]
 local order = KEYS[n + m + 2]
-local me = '|' .. ARGV[n + m + 5]
-local names, scores, lightest = {}, {}, nil
-for j = n + m + 7, #ARGV, 2 do
+local me = '|' .. ARGV[n + m + 10]
+local now = clock()
+local names, scores, held, lightest = {}, {}, {}, nil
+for j = n + m + 13, #ARGV, 2 do
+  local k = #names + 1
   local counts = redis.call('HMGET', recent, ARGV[j], ARGV[j] .. me)
   local others = (tonumber(counts[1]) or 0) - (tonumber(counts[2]) or 0)
   local score = tonumber(ARGV[j + 1]) + others
-  names[#names + 1] = ARGV[j]
-  scores[#scores + 1] = score
+  names[k] = ARGV[j]
+  scores[k] = score
+  redis.call('ZREMRANGEBYSCORE', trees .. ARGV[j], '-inf', now - kept)
+  held[k] = redis.call('ZCOUNT', trees .. ARGV[j], '(' .. now, '+inf')
   if lightest == nil or score < lightest then lightest = score end
 end
-local limit = lightest + tonumber(ARGV[n + m + 3])
-local level = nil
+local slack = tonumber(ARGV[n + m + 8])
+local limit = lightest + math.max(tonumber(ARGV[n + m + 12]), slack)
+local fewest = nil
 for k = 1, #names do
-  if scores[k] <= limit then level = scores[k] break end
+  if scores[k] <= limit and (fewest == nil or held[k] < fewest) then fewest = held[k] end
+end
+local candidates, floor = {}, nil
+for k = 1, #names do
+  if scores[k] <= limit and held[k] == fewest then
+    candidates[#candidates + 1] = k
+    if floor == nil or scores[k] < floor then floor = scores[k] end
+  end
+end
+local level = nil
+for _, k in ipairs(candidates) do
+  if scores[k] <= floor + slack then level = scores[k] break end
 end
 local tied = {}
-for k = 1, #names do
+for _, k in ipairs(candidates) do
   if scores[k] == level then tied[#tied + 1] = names[k] end
 end
 local chosen = tied[1]
@@ -97,14 +151,16 @@ if #tied > 1 then
   end
 end
 redis.call('HSET', order, chosen, redis.call('HINCRBY', order, '', 1))
-redis.call('EXPIRE', order, ARGV[n + m + 6])
+redis.call('EXPIRE', order, ARGV[n + m + 11])
+redis.call('ZADD', trees .. chosen, now + tonumber(ARGV[6]), ARGV[4])
+keep(trees .. chosen)
 redis.call('HINCRBY', recent, chosen, 1)
 redis.call('HINCRBY', recent, chosen .. me, 1)
-if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 4]) end
+if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 9]) end
 for i = n + 1, n + m do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], chosen)
-    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 7])
   end
 end
 return {0, {chosen}}
@@ -166,6 +222,10 @@ class RedisPrefixStore(PrefixStore):
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
+        # The replica that the prefixes of a claim (their keys) were claimed for by a lookup
+        # whose answer came after its request stopped waiting and before that request was
+        # sent, and until when the claim stands: the request's dispatch settles it.
+        self._late_claims: OrderedDict[tuple[str, ...], tuple[str, float]] = OrderedDict()
         # This process among the routers, for the recent-claim counts: its own claims are in
         # its loads already, so the lookup script adds only the others'.
         self._router_id = secrets.token_hex(6)
@@ -189,6 +249,10 @@ class RedisPrefixStore(PrefixStore):
     def key(self, prefix_key: str) -> str:
         return f"{self._key_prefix}px:{prefix_key}"
 
+    def _trees(self, pool: str) -> str:
+        """The start of the names of ``pool``'s per-replica sets of placements."""
+        return f"{self._key_prefix}trees:{pool}:"
+
     @property
     def down(self) -> bool:
         return self._clock() < self._down_until
@@ -196,27 +260,7 @@ class RedisPrefixStore(PrefixStore):
     async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
             return replace(self.local.claim_or_get(prefixes, claim), degraded=True)
-        # Claim only prefixes this process knows nothing of: a known one is not new (and one
-        # it recorded so recently that the write may still be on its way is put back below).
-        # A known prefix also spares the request a second ranking.
-        keys = [self.key(p.key) for p in prefixes]
-        ttls = [p.ttl for p in prefixes]
-        proposal = None
-        if claim is not None and self.local.get(prefixes) is None:
-            proposal = claim.propose()
-        if claim is not None and proposal is not None and proposal.choices:
-            records = claim.records
-            keys += [self.key(p.key) for p in records]
-            keys.append(f"{self._key_prefix}placed:{proposal.pool}")
-            keys.append(f"{self._key_prefix}order:{proposal.pool}")
-            args: list[Any] = [len(prefixes), len(records), *ttls]
-            args += [claim.ttl(p) for p in records]
-            args += [proposal.slack, self._recent_window, self._router_id, RECENCY_TTL]
-            for replica, load in proposal.choices:
-                args += [replica, load]
-        else:
-            claim = None
-            args = [len(prefixes), 0, *ttls]
+        keys, args, claim = self._lookup_call(prefixes, claim)
         task = self._track(
             asyncio.get_running_loop().create_task(self._lookup_script(keys=keys, args=args))
         )
@@ -249,6 +293,38 @@ class RedisPrefixStore(PrefixStore):
             self.local.replace(prefixes[remote.index], remote.holders)
         return Lookup(remote)
 
+    def _lookup_call(
+        self, prefixes: Sequence[Prefix], claim: Claim | None
+    ) -> tuple[list[str], list[Any], Claim | None]:
+        """The lookup script's keys and arguments, and the claim it carries (None: none).
+
+        Claim only prefixes this process knows nothing of: a known one is not new (and one
+        it recorded so recently that the write may still be on its way is put back by
+        ``lookup``). A known prefix also spares the request a second ranking."""
+        keys = [self.key(p.key) for p in prefixes]
+        args: list[Any] = [len(prefixes), 0, "", "", 0, 0, PLACEMENT_KEPT]
+        args += [p.ttl for p in prefixes]
+        if claim is None:
+            return keys, args, None
+        tree = claim.tree
+        args[2:6] = [self._trees(claim.pool), tree.key, tree.ttl, claim.ttl(tree)]
+        if self.local.get(prefixes) is not None:
+            return keys, args, None
+        proposal = claim.propose()
+        if not proposal.choices:
+            return keys, args, None
+        records = claim.records
+        keys += [self.key(p.key) for p in records]
+        keys.append(f"{self._key_prefix}placed:{claim.pool}")
+        keys.append(f"{self._key_prefix}order:{claim.pool}")
+        args[1] = len(records)
+        args += [claim.ttl(p) for p in records]
+        args += [proposal.slack, self._recent_window, self._router_id, RECENCY_TTL]
+        args.append(proposal.count_slack)
+        for replica, load in proposal.choices:
+            args += [replica, load]
+        return keys, args, claim
+
     def _pending(self, prefixes: Sequence[Prefix]) -> Found | None:
         """The longest of ``prefixes`` this process recorded within the write window."""
         return self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
@@ -278,8 +354,16 @@ class RedisPrefixStore(PrefixStore):
                 self._remove(records, claimant)
                 for holder in holders:
                     self._write(self._record_call(records, holder, first=False))
-            # Otherwise the request has not been sent yet (it waits for its rate limit): its
-            # dispatch confirms the claim, or the claim lapses.
+            else:
+                # The request has not been sent yet (it waits for its rate limit, or the
+                # answer came just before its dispatch): its dispatch confirms the claim, or
+                # takes it over if it goes elsewhere (``record``), or the claim lapses.
+                late = self._late_claims
+                keys = tuple(p.key for p in records)
+                late[keys] = (claimant, self._clock() + claim.ttl(records[-1]))
+                late.move_to_end(keys)
+                while len(late) > _FORGOTTEN:
+                    late.popitem(last=False)
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
             if not self.local.holders(prefix):  # what this process learnt since is newer
@@ -287,6 +371,16 @@ class RedisPrefixStore(PrefixStore):
 
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
         self.local.record(prefixes, replica, first=first)
+        late = None
+        if first and self._late_claims:
+            late = self._late_claims.pop(tuple(p.key for p in prefixes), None)
+        if late is not None and self._clock() < late[1]:
+            # The first placement of exactly the prefixes a claim of this process was made
+            # for, whose answer came after its request stopped waiting: that request, placed
+            # now. Elsewhere, this replica holds the prefixes instead of the claimed one.
+            if late[0] != replica and not self.down:
+                self._remove(prefixes, late[0])
+            first = False
         if prefixes and not self.down:
             self._write(self._record_call(prefixes, replica, first=first))
 

@@ -18,11 +18,14 @@ them saw. The Redis store also counts each replica's recent claims, shared by ev
 and adds the other routers' to the proposing router's loads when it picks (``Proposal.pick``):
 a router cannot see another's placements in its load figures until the next scrape, and
 without the counts a burst of new prefixes from several routers piles onto the replica each
-thinks is the lightest. Replicas that tie are told apart by their last new prefix: the one
-given a new prefix longest ago takes the next (its cold prefill, if any, is the furthest
-along), so new prefixes arriving together pair up with the oldest ones rather than by their
-hashes. (Recording only after the dispatch left a window of one round trip
-in which two routers could each place a burst's first request on a different replica.) A
+thinks is the lightest. Among the replicas loaded within the count slack of the lightest,
+those given the fewest new prefixes still in use take the next, so the working set is shared
+out by what each replica's cache is asked to hold, not only by the loads of the moment.
+Replicas that tie are told apart by their last new prefix: the one given a new prefix
+longest ago takes the next (its cold prefill, if any, is the furthest along), so new
+prefixes arriving together pair up with the oldest ones rather than by their hashes.
+(Recording only after the dispatch left a window of one round trip in which two routers
+could each place a burst's first request on a different replica.) A
 claim stands for ``CLAIM_TTL`` seconds only: the dispatch confirms it (``record(first=False)``
 with the full TTL), or a lookup that finds it refreshes it, so the claim of a request that
 was never sent (turned away by its rate limit, its client gone) soon lapses.
@@ -31,6 +34,7 @@ was never sent (turned away by its rate limit, its client gone) soon lapses.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -48,6 +52,9 @@ CLAIM_TTL = 10
 # Seconds a pool remembers the order in which its replicas were last given a new prefix
 # (renewed by each claim): longer than a cold prefill takes.
 RECENCY_TTL = 10
+# Seconds a placement that stopped counting against its replica is kept for a lookup that
+# finds its prefix again to renew (a claim counts for CLAIM_TTL only until then).
+PLACEMENT_KEPT = 300
 
 
 class StoreUnavailable(Exception):
@@ -89,23 +96,40 @@ class Lookup:
 @dataclass(frozen=True, slots=True)
 class Proposal:
     """Where this router would place a new prefix: the replicas it may go to, in rendezvous
-    order, with the loads it sees, and ``routing.placement_slack``."""
+    order, with the loads it sees; ``routing.placement_slack`` and
+    ``routing.placement_count_slack``."""
 
-    pool: str
     choices: Sequence[tuple[str, float]]  # (replica id, load); never empty
     slack: float
+    count_slack: float = 0.0
 
     def pick(
-        self, recent: Mapping[str, float] | None = None, last: Mapping[str, int] | None = None
+        self,
+        recent: Mapping[str, float] | None = None,
+        last: Mapping[str, int] | None = None,
+        trees: Mapping[str, int] | None = None,
     ) -> str:
-        """The first choice whose load, plus its ``recent`` placements (other routers' claims
+        """The replica to place a new prefix on.
+
+        A replica's score is its load plus its ``recent`` placements (other routers' claims
         of new prefixes, which this router's load figures may not show yet; its own are in
-        them), is within the slack of the lightest. Of the choices scored exactly as that
-        one, the one ``last`` given a new prefix longest ago (a sequence number; never: 0)
-        is taken, and equals keep their rendezvous order. The Redis store's lookup script
-        applies the same rule."""
+        them). An index shared by every router that places on this pool (``trees`` given:
+        per replica, the new prefixes it holds) first keeps, of the replicas scored within
+        the count slack of the lightest, those given the fewest, so no replica is given
+        more of the working set than its cache can hold while another has room. Of what is
+        left, the first in rendezvous order scored within the slack of the lightest sets
+        the level (slack 0: the lightest); of the replicas scored exactly at that level, the
+        one ``last`` given a new prefix longest ago (a sequence number; never: 0) is taken,
+        and equals keep their rendezvous order. The Redis store's lookup script applies the
+        same rule."""
         recent = recent or {}
         scores = [(replica, load + recent.get(replica, 0)) for replica, load in self.choices]
+        if trees is not None:
+            # Never narrower than the slack: equal counts leave the rule below as it was.
+            limit = min(score for _, score in scores) + max(self.count_slack, self.slack)
+            within = [(replica, score) for replica, score in scores if score <= limit]
+            fewest = min(trees.get(replica, 0) for replica, _ in within)
+            scores = [(r, score) for r, score in within if trees.get(r, 0) == fewest]
         limit = min(score for _, score in scores) + self.slack
         level = next(score for _, score in scores if score <= limit)
         tied = [replica for replica, score in scores if score == level]
@@ -116,15 +140,25 @@ class Proposal:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Where to place a request's new prefixes: ``records``, on the replica picked from
-    ``propose()``. ``propose`` is called at most once, and only when the store may need it."""
+    """Where to place a request's new prefixes: ``records``, on the replica of ``pool``
+    picked from ``propose()``. ``propose`` is called at most once, and only when the store
+    may need it. A lookup that finds the prefixes renews the count of their placement."""
 
+    pool: str
     records: Sequence[Prefix]
     propose: Callable[[], Proposal]
 
     def ttl(self, prefix: Prefix) -> int:
         """How long the claim on ``prefix`` stands unconfirmed."""
         return min(prefix.ttl, CLAIM_TTL)
+
+    @property
+    def tree(self) -> Prefix:
+        """The prefix that names a placement among its replica's new prefixes: the shortest,
+        which the later requests that extend it share (``PrefixChain.placement_key``). It
+        counts for ``ttl`` once placed, and for its whole TTL from each lookup that finds
+        the prefixes again, as the index's own entries do."""
+        return self.records[0]
 
 
 class PrefixStore(ABC):
@@ -183,13 +217,86 @@ class _Recency:
         return self.last if now < self.expires else {}
 
 
+class _Trees:
+    """The new prefixes one replica was given, by key, with the time each stops counting.
+    One that stopped is kept ``PLACEMENT_KEPT`` seconds more, uncounted, so that a lookup
+    finding its prefix again (a conversation's next turn after a pause) renews it."""
+
+    __slots__ = ("dropping", "expires", "heap", "live")
+
+    def __init__(self) -> None:
+        self.expires: dict[str, float] = {}
+        # (expiry, key): when each stops counting, soonest first; entries whose key has
+        # since been given another expiry are stale and skipped.
+        self.heap: list[tuple[float, str]] = []
+        self.dropping: list[tuple[float, str]] = []  # (expiry, key) of those that stopped
+        self.live = 0  # how many count
+
+    def count(self, now: float) -> int:
+        heap, expires, dropping = self.heap, self.expires, self.dropping
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if expires.get(key) == at:
+                self.live -= 1
+                heapq.heappush(dropping, (at, key))
+        while dropping and dropping[0][0] + PLACEMENT_KEPT <= now:
+            at, key = heapq.heappop(dropping)
+            if expires.get(key) == at:
+                del expires[key]
+        return self.live
+
+    def set(self, key: str, expires: float, now: float) -> None:
+        self.count(now)
+        old = self.expires.get(key)
+        if old is None or old <= now:
+            self.live += 1
+        self.expires[key] = expires
+        heapq.heappush(self.heap, (expires, key))
+
+    def renew(self, key: str, ttl: float, now: float) -> None:
+        """Count ``key``, if held, for ``ttl`` from now; not while more than half of that
+        is left, so a hot prefix does not add an entry per hit."""
+        self.count(now)
+        old = self.expires.get(key)
+        if old is not None and old < now + ttl / 2:
+            self.set(key, now + ttl, now)
+
+
+class _PoolPlacements:
+    """What one pool's placements of new prefixes left behind: their order, and which ones
+    each replica holds (as a Redis store keeps them in ``order:`` and ``trees:`` keys)."""
+
+    __slots__ = ("order", "trees")
+
+    def __init__(self) -> None:
+        self.order = _Recency()
+        self.trees: dict[str, _Trees] = {}
+
+    def pick(self, proposal: Proposal, claim: Claim, now: float) -> str:
+        trees = self.trees
+        counts = {r: trees[r].count(now) for r, _ in proposal.choices if r in trees}
+        replica = proposal.pick(last=self.order.order(now), trees=counts)
+        self.order.note(replica, now)
+        if replica not in trees:
+            trees[replica] = _Trees()
+        trees[replica].set(claim.tree.key, now + claim.ttl(claim.tree), now)
+        return replica
+
+    def renew(self, holders: Sequence[str], tree: Prefix, now: float) -> None:
+        """The placement named by ``tree`` was found again on ``holders``: it counts for its
+        whole TTL from now, on those of them it was placed on."""
+        for holder in holders:
+            if (held := self.trees.get(holder)) is not None:
+                held.renew(tree.key, tree.ttl, now)
+
+
 class MemoryPrefixStore(PrefixStore):
     """A bounded LRU of holder sets with per-entry TTL, for one router process.
 
-    ``ordered``: claims break ties by the pool's placement order (``Proposal.pick``). Where
-    several processes cannot share that order (the Redis store's fallback index, the workers
-    of one router without Redis), the index is not ordered: rendezvous alone keeps them
-    placing a new prefix alike.
+    ``ordered``: claims weigh how many new prefixes each replica was given and break ties by
+    the pool's placement order (``Proposal.pick``). Where several processes cannot share
+    those (the Redis store's fallback index, the workers of one router without Redis), the
+    index is not ordered: rendezvous alone keeps them placing a new prefix alike.
     """
 
     def __init__(
@@ -202,14 +309,14 @@ class MemoryPrefixStore(PrefixStore):
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._max_entries = max_entries
         self._clock = clock
-        self._recency: dict[str, _Recency] | None = {} if ordered else None
+        self._pools: dict[str, _PoolPlacements] | None = {} if ordered else None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def ordered(self) -> bool:
-        return self._recency is not None
+        return self._pools is not None
 
     def get(
         self, prefixes: Sequence[Prefix], *, recorded_after: float | None = None
@@ -241,17 +348,20 @@ class MemoryPrefixStore(PrefixStore):
     def claim_or_get(self, prefixes: Sequence[Prefix], claim: Claim | None) -> Lookup:
         """``lookup`` without a suspension point: no other request runs in between."""
         found = self.get(prefixes)
-        if found is not None or claim is None:
+        if claim is None:
+            return Lookup(found)
+        if found is not None:
+            if self._pools is not None and (placements := self._pools.get(claim.pool)):
+                placements.renew(found.holders, claim.tree, self._clock())
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
         proposal = claim.propose()
-        if self._recency is None:
+        if self._pools is None:
             replica = proposal.pick()
         else:
-            now = self._clock()
-            recency = self._recency.setdefault(proposal.pool, _Recency())
-            replica = proposal.pick(last=recency.order(now))
-            recency.note(replica, now)
+            if (pool := self._pools.get(claim.pool)) is None:
+                pool = self._pools[claim.pool] = _PoolPlacements()
+            replica = pool.pick(proposal, claim, self._clock())
         for prefix in claim.records:
             self._put(prefix, replica, first=True, ttl=claim.ttl(prefix))
         return Lookup(None, claimant=replica)

@@ -23,6 +23,7 @@ from router.placement import Outcome, Placer
 from router.redis_store import RedisPrefixStore
 from router.store import (
     CLAIM_TTL,
+    PLACEMENT_KEPT,
     RECENCY_TTL,
     Claim,
     MemoryPrefixStore,
@@ -44,7 +45,14 @@ class Router:
     store: PrefixStore
 
 
-def router(store: PrefixStore, *in_flight: int, slack: float = 0.0) -> Router:
+def router(
+    store: PrefixStore, *in_flight: int, slack: float = 0.0, count_slack: float | None = 0.0
+) -> Router:
+    """A router placing on ``len(in_flight)`` replicas with those requests in flight to each;
+    ``count_slack`` None: the configured default."""
+    routing: dict[str, float] = {"placement_slack": slack}
+    if count_slack is not None:
+        routing["placement_count_slack"] = count_slack
     config = RouterConfig.model_validate(
         {
             "backends": [
@@ -57,7 +65,7 @@ def router(store: PrefixStore, *in_flight: int, slack: float = 0.0) -> Router:
                 }
             ],
             "routes": {t: "pool" for t in ("text", "code", "json", "vision")},
-            "routing": {"placement_slack": slack},
+            "routing": routing,
         }
     )
     pool = Balancer(config).pools["pool"]
@@ -74,9 +82,9 @@ class Clock:
         return self.now
 
 
-def chain(name: str) -> PrefixChain:
-    system = Prefix(f"{name}-system", 300, 2000)
-    turn = Prefix(f"{name}-turn", 300, 2100)
+def chain(name: str, ttl: int = 300) -> PrefixChain:
+    system = Prefix(f"{name}-system", ttl, 2000)
+    turn = Prefix(f"{name}-turn", ttl, 2100)
     return PrefixChain([system, turn], [system, turn], marked=True)
 
 
@@ -138,7 +146,9 @@ async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_
     """Two routers see an idle fleet and only their own requests in flight (no scrape has
     caught up). Four new prefixes that every router would rank alike, placed alternately:
     each router adds the other's recent claims, counted in Redis, to its own loads, so they
-    land on four replicas; without the counts the routers would pair up on two."""
+    land on four replicas; without the counts the routers would pair up on two. (The counts
+    of the prefixes each replica holds would spread them too: they are cleared, to test the
+    recent claims alone.)"""
     a = router(shared[0], 0, 0, 0, 0)
     b = router(shared[1], 0, 0, 0, 0)
     placed = []
@@ -148,6 +158,7 @@ async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_
         assert placement.claimed == chosen.id
         chosen.in_flight += 1  # sent: in this router's own load from now on
         placed.append(chosen.id)
+        await shared[0].redis.delete(*(f"claim:trees:pool:r{i}" for i in range(4)))
     assert len(set(placed)) == 4, placed
     # The counts last one window.
     assert 0 < await shared[0].redis.ttl("claim:placed:pool") <= WINDOW
@@ -158,16 +169,17 @@ async def test_one_router_places_alike_with_redis_and_without(
     backend: str, shared: list[RedisPrefixStore]
 ) -> None:
     """A router's own claims are in its loads once sent; the shared counts must not add them
-    again. With a slack of one request, two new prefixes that rank alike share a replica."""
+    again, or a replica it just gave a prefix would look busier than it is."""
     store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
-    one = router(store, 0, 0, 0, 0, slack=1.0)
-    placed = []
-    for name in same_order(2, one.pool):
-        placement = await one.placer.place(one.pool, chain(name))
-        chosen = placement.ranking.candidates[0]
-        chosen.in_flight += 1
-        placed.append(chosen.id)
-    assert placed[0] == placed[1], placed
+    one = router(store, 0, 0)
+    first = (await one.placer.place(one.pool, chain("alike-0"))).ranking.candidates[0]
+    first.in_flight += 1  # the request is on its way
+    other = next(r for r in one.pool.replicas if r is not first)
+    other.in_flight = 2  # busy with other work
+    # Counted twice, the first replica's claim would make the two tie at 2, and the other
+    # (given no new prefix yet) would take the next one.
+    second = (await one.placer.place(one.pool, chain("alike-1"))).ranking.candidates[0]
+    assert second is first
 
 
 async def tie_placements(stores: list[PrefixStore]) -> list[str]:
@@ -239,14 +251,15 @@ async def test_the_lookup_script_picks_as_proposal_pick_does(
     slack: float, shared: list[RedisPrefixStore]
 ) -> None:
     """The rule lives twice (Python for one process, Lua for Redis): they agree, with the
-    other routers' recent claims, ties broken by the placement order, and slack."""
+    other routers' recent claims, the new prefixes each replica holds, ties broken by the
+    placement order, and slack."""
     draw = random.Random(f"pick-{slack}")
     store, other = shared
     try:
         for case in range(60):
             replicas = [f"r{i}" for i in range(draw.randint(1, 5))]
             loads = [(r, float(draw.choice([0, 0.5, 1, 2, 2.5, 4]))) for r in replicas]
-            proposal = Proposal(f"pool-{case}", loads, slack)
+            proposal = Proposal(loads, slack, draw.choice([0.0, 0.5, 2.0, 8.0]))
             # Another router's recent claims on this pool, in a random order.
             theirs = {r: draw.randint(0, 2) for r in replicas}
             seeds = [r for r, count in theirs.items() for _ in range(count)]
@@ -254,13 +267,21 @@ async def test_the_lookup_script_picks_as_proposal_pick_does(
             last: dict[str, int] = {}
             for n, r in enumerate(seeds, 1):
                 seed = chain(f"seed-{case}-{n}")
-                only = Proposal(f"pool-{case}", [(r, 0.0)], 0.0)
-                await other.lookup(seed.lookups, Claim(seed.records, fixed(only)))
+                only = Proposal([(r, 0.0)], 0.0)
+                await other.lookup(seed.lookups, Claim(f"pool-{case}", seed.records, fixed(only)))
                 last[r] = n
+            # Each claim also gave its replica a new prefix; the recent counts may have
+            # lapsed meanwhile while those prefixes have not.
+            recent: dict[str, int] = dict(theirs)
+            if draw.random() < 0.5:
+                await store.redis.delete(f"claim:placed:pool-{case}")
+                recent = {}
             request = chain(f"case-{case}")
-            result = await store.lookup(request.lookups, Claim(request.records, fixed(proposal)))
-            expected = proposal.pick(theirs, last)
-            assert result.claimant == expected, (loads, theirs, last, slack)
+            result = await store.lookup(
+                request.lookups, Claim(f"pool-{case}", request.records, fixed(proposal))
+            )
+            expected = proposal.pick(recent, last, trees=theirs)
+            assert result.claimant == expected, (proposal, recent, last, theirs)
     finally:
         await store.aclose()
         await other.aclose()
@@ -275,22 +296,25 @@ async def test_one_router_keeps_the_same_placement_order_in_process_and_in_redis
     memory = MemoryPrefixStore()
     for n in range(80):
         loads = [(f"r{i}", float(draw.choice([0, 0, 1, 2]))) for i in range(4)]
-        proposal = Proposal("pool", loads, 0.0)
+        proposal = Proposal(loads, 0.0)
         request = chain(f"order-{n}")
-        here = await memory.lookup(request.lookups, Claim(request.records, fixed(proposal)))
-        there = await shared[0].lookup(request.lookups, Claim(request.records, fixed(proposal)))
+        here = await memory.lookup(request.lookups, Claim("pool", request.records, fixed(proposal)))
+        there = await shared[0].lookup(
+            request.lookups, Claim("pool", request.records, fixed(proposal))
+        )
         assert here.claimant == there.claimant, (n, loads)
 
 
 async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> None:
     clock = Clock()
     store = MemoryPrefixStore(clock=clock)
-    tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
+    tied = Proposal([("r0", 0.0), ("r1", 0.0)], 0.0)
 
     async def claim(name: str, proposal: Proposal = tied) -> str | None:
-        request = chain(name)
+        # Prefixes that lapse before the next claim: only the order tells the replicas apart.
+        request = chain(name, ttl=RECENCY_TTL // 2)
         return (
-            await store.lookup(request.lookups, Claim(request.records, fixed(proposal)))
+            await store.lookup(request.lookups, Claim("pool", request.records, fixed(proposal)))
         ).claimant
 
     assert await claim("kept-0") == "r0"
@@ -300,21 +324,175 @@ async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> 
     assert await claim("kept-2") == "r0"  # r0's was the older
     clock.now += RECENCY_TTL  # forgotten: rendezvous order again, not r1's turn
     assert await claim("forgotten-0") == "r0"
-    # Forgotten whole: r1 counts as never given one again, so it goes before r2.
-    three = Proposal("pool", [("r0", 0.0), ("r1", 0.0), ("r2", 0.0)], 0.0)
+    # Forgotten whole: r1 counts as never given one again, so it goes before r2 (r0 holds
+    # the prefix it was just given).
+    three = Proposal([("r0", 0.0), ("r1", 0.0), ("r2", 0.0)], 0.0)
     assert await claim("forgotten-1", three) == "r1"
+
+
+async def give(store: PrefixStore, replica: str, *names: str) -> None:
+    """Claims that give ``replica`` a new prefix each, as a router placing them would."""
+    only = Proposal([(replica, 0.0)], 0.0)
+    for name in names:
+        request = chain(name)
+        claim = Claim("pool", request.records, fixed(only))
+        assert (await store.lookup(request.lookups, claim)).claimant
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_within_the_slack_a_new_prefix_goes_where_fewest_were_placed(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """A replica that holds more of the working set is passed over for one that holds less
+    while their loads are within the count slack (8 by default); beyond it, load decides.
+    With Redis the counts are shared: one router's placements steer another's."""
+    giving: PrefixStore
+    placing: PrefixStore
+    if backend == "memory":
+        placing = giving = MemoryPrefixStore()
+    else:
+        giving, placing = shared
+    await give(giving, "r0", "held-0", "held-1", "held-2", "held-3")
+    await give(giving, "r1", "held-4")
+    if backend == "redis":  # long since sent: the loads show them, not the recent claims
+        await shared[0].redis.delete("claim:placed:pool")
+    for count_slack, expected in ((None, "r1"), (2.0, "r1"), (0.0, "r0")):
+        one = router(placing, 0, 1, count_slack=count_slack)  # r0 is the lighter
+        placement = await one.placer.place(one.pool, chain(f"new-{count_slack}"))
+        assert placement.claimed == expected, count_slack
+
+
+async def test_a_placement_counts_while_its_prefix_is_in_use() -> None:
+    """A new prefix counts against its replica for as long as a claim stands, and for its
+    whole TTL from each lookup that finds it again, as the index keeps the prefix itself: a
+    prefix placed and never asked for again soon stops counting."""
+    clock = Clock()
+    store = MemoryPrefixStore(clock=clock)
+    await give(store, "r0", "used-0", "used-1", "once-0")
+    await give(store, "r1", "used-2", "used-3")
+    one = router(store, 0, 1, count_slack=2.0)  # r0 is the lighter
+    for name in ("used-0", "used-1", "used-2", "used-3"):  # found again
+        assert (await one.placer.place(one.pool, chain(name))).found is not None
+    clock.now += CLAIM_TTL + 1  # "once-0" no longer counts; the four in use do
+    assert (await one.placer.place(one.pool, chain("soon"))).claimed == "r0"  # 2 and 2
+    clock.now += 300  # every placement has lapsed: r0's three would keep it out
+    assert (await one.placer.place(one.pool, chain("later"))).claimed == "r0"
+
+
+async def test_a_late_claim_stands_no_longer_than_a_claim(redis_server: RedisServer) -> None:
+    """A request whose claim answered late and that was never sent leaves nothing behind
+    once the claim's time is up: a later first placement of the prefixes is an ordinary one
+    (first placement wins), not a takeover that removes the claimed replica."""
+    clock = Clock()
+    store = RedisPrefixStore(
+        Redis.from_url(redis_server.url), key_prefix="stale:", timeout=0.05, clock=clock
+    )
+    try:
+        gate = Gate(store, runs_late=True)
+        a = router(store, 0, 5, 5)
+        request = chain("stale")
+        await a.placer.place(a.pool, request)  # gave up waiting; never sent
+        gate.open.set()
+        await store.flush()
+        await store.flush()
+        clock.now += CLAIM_TTL + 1
+        store.record(request.records, "r1", first=True)
+        await store.flush()
+        assert await holders_in_redis(store, request.records[-1]) == {"r0"}
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_prefix_claimed_again_counts_once(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    await give(store, "r1", "other")
+    await give(store, "r0", "again")
+    store.forget(chain("again").records, "r0")  # it failed there: placed afresh, on r0 again
+    await store.flush()
+    await give(store, "r0", "again")
+    one = router(store, 0, 1, count_slack=2.0)
+    # Counted twice, r0 would hold more than r1 and be passed over although lighter.
+    assert (await one.placer.place(one.pool, chain("new"))).claimed == "r0"
+
+
+async def test_redis_counts_each_placement_until_it_expires(
+    shared: list[RedisPrefixStore],
+) -> None:
+    store, other = shared
+    redis = store.redis
+    trees = "claim:trees:pool:r0"
+    await give(store, "r0", "kept-0")
+    member = chain("kept-0").records[0].key
+    now = float((await redis.time())[0])
+
+    async def expiry() -> float:
+        score = await redis.zscore(trees, member)
+        assert score is not None
+        return float(score)
+
+    assert now + CLAIM_TTL - 2 < await expiry() <= now + CLAIM_TTL + 1
+    # The set outlives the placements it holds, and those kept for renewal after them.
+    assert 590 < await redis.ttl(trees) <= 300 + PLACEMENT_KEPT
+    # Another router finds the prefix: the placement counts for its whole TTL from now.
+    one = router(other, 0, 0)
+    assert (await one.placer.place(one.pool, chain("kept-0"))).found is not None
+    assert now + 290 < await expiry() <= now + 302
+    # A placement whose time is up no longer counts; it is kept for renewal a while, then
+    # dropped at a claim.
+    lapsed = now - 1
+    gone = now - PLACEMENT_KEPT - 1
+    await redis.zadd("claim:trees:pool:r1", {"lapsed": lapsed, "gone-0": gone, "gone-1": gone})
+    placed = router(store, 0, 0, count_slack=2.0)
+    assert (await placed.placer.place(placed.pool, chain("next"))).claimed == "r1"
+    assert await redis.zrange("claim:trees:pool:r1", 0, -1) == [
+        b"lapsed",
+        chain("next").records[0].key.encode(),
+    ]
+
+
+async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
+    shared: list[RedisPrefixStore],
+) -> None:
+    """A conversation's next turn after a pause: its placement no longer counted (the claim's
+    10 s were up, and a claim on the pool came in between), yet the lookup that finds it
+    renews it, in process as in Redis."""
+    clock = Clock()
+    memory = MemoryPrefixStore(clock=clock)
+    redis = shared[0].redis
+    names = ("paused-0", "paused-1")
+    paused = [chain(name) for name in names]
+    for store in (memory, shared[0]):
+        await give(store, "r0", *names)
+        for request in paused:
+            store.record(request.records, "r0", first=False)  # sent: confirmed
+        await store.flush()
+    clock.now += 30
+    # As if 30 s had passed in Redis too: the claims' counts are up.
+    for request in paused:
+        then = float((await redis.time())[0]) - 20
+        await redis.zadd("claim:trees:pool:r0", {request.records[0].key: then})
+    for store in (memory, shared[0]):
+        await give(store, "r1", "in-between")  # a claim on the pool meanwhile
+        one = router(store, 0, 1, count_slack=2.0)
+        for request in paused:
+            assert (await one.placer.place(one.pool, request)).found is not None
+        # r0 holds two in use again, r1 one: not renewed, r0 would count none and take it.
+        assert (await one.placer.place(one.pool, chain("after"))).claimed == "r1"
 
 
 async def test_each_claim_renews_the_placement_order_in_redis(
     shared: list[RedisPrefixStore],
 ) -> None:
-    tied = Proposal("pool", [("r0", 0.0), ("r1", 0.0)], 0.0)
+    tied = Proposal([("r0", 0.0), ("r1", 0.0)], 0.0)
     for n in range(2):
         request = chain(f"renewed-{n}")
-        await shared[0].lookup(request.lookups, Claim(request.records, fixed(tied)))
+        await shared[0].lookup(request.lookups, Claim("pool", request.records, fixed(tied)))
         await shared[0].redis.expire("claim:order:pool", 2)  # as if it were about to go
     request = chain("renewed-2")
-    await shared[0].lookup(request.lookups, Claim(request.records, fixed(tied)))
+    await shared[0].lookup(request.lookups, Claim("pool", request.records, fixed(tied)))
     assert await shared[0].redis.ttl("claim:order:pool") > 2
 
 
@@ -328,9 +506,9 @@ async def test_a_claim_is_only_made_for_prefixes_nobody_holds(
 
     def propose() -> Proposal:
         proposed.append("r1")
-        return Proposal("pool", [("r1", 0.0)], 0.0)
+        return Proposal([("r1", 0.0)], 0.0)
 
-    result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
+    result = await shared[1].lookup(request.lookups, Claim("pool", request.records, propose))
     assert not result.claimed
     assert result.found is not None and result.found.holders == ("r2",)
     assert (await shared[0].lookup(request.lookups)).found.holders == ("r2",)  # type: ignore[union-attr]
@@ -443,7 +621,13 @@ class Gate:
 
 @pytest.mark.parametrize(
     ("then", "runs_late"),
-    [("sent", False), ("sent elsewhere", False), ("refused", True), ("waiting", True)],
+    [
+        ("sent", False),
+        ("sent elsewhere", False),
+        ("refused", True),
+        ("waiting", True),
+        ("waiting, then sent elsewhere", True),
+    ],
 )
 async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
     then: str, runs_late: bool, redis_server: RedisServer
@@ -459,7 +643,7 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
         proposed = placed.ranking.candidates[0]
         assert proposed.id == "r0"  # the claim carries the same pick (no other router)
         sent = a.pool.replicas[1] if then == "sent elsewhere" else proposed
-        if then != "waiting":  # "waiting": still held by its rate-limit check
+        if not then.startswith("waiting"):  # "waiting": still held by its rate-limit check
             a.placer.dispatched(placed, sent)  # elsewhere: r0's breaker opened meanwhile
         if then == "refused":
             a.placer.report(placed, sent, Outcome.REFUSED)
@@ -477,9 +661,46 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
             assert held == set() and store.local.holders(last) == ()
         else:
             assert held == {"r0"} and 0 < ttl <= CLAIM_TTL  # it stands, for now
-            a.placer.dispatched(placed, sent)
+            if then == "waiting":
+                a.placer.dispatched(placed, sent)
+            else:  # r0's breaker opened meanwhile: the request goes to r1
+                a.placer.dispatched(placed, a.pool.replicas[1])
             await store.flush()
             assert await store.redis.ttl(store.key(last.key)) > CLAIM_TTL
+            expected = {"r0"} if then == "waiting" else {"r1"}
+            assert await holders_in_redis(store, last) == expected
+    finally:
+        await store.aclose()
+
+
+async def test_a_late_claim_is_settled_by_its_own_request_only(
+    redis_server: RedisServer,
+) -> None:
+    """While a request whose claim answered late waits to be sent, another request for the
+    prefix spills off the (now busy) claimed replica: that spill must not take the claim
+    over, and the waiting request, sent to the claimed replica after all, keeps it."""
+    store = RedisPrefixStore(Redis.from_url(redis_server.url), key_prefix="spill:", timeout=0.05)
+    try:
+        gate = Gate(store, runs_late=True)
+        a = router(store, 0, 5, 5)
+        request = chain("late-spill")
+        last = request.records[-1]
+        waiting = await a.placer.place(a.pool, request)  # gave up; held by its rate limit
+        assert waiting.degraded and waiting.claimed is None
+        gate.open.set()
+        await store.flush()
+        await store.flush()
+        assert await holders_in_redis(store, last) == {"r0"}
+        store._lookup_script = gate._script  # answering in time again
+        a.pool.replicas[0].in_flight = 100  # r0 overloaded: the next request spills
+        spilled = await a.placer.place(a.pool, request)
+        assert spilled.found is not None and spilled.found.holders == ("r0",)
+        to = spilled.ranking.candidates[0]
+        assert to.id != "r0"
+        a.placer.dispatched(spilled, to)
+        a.placer.dispatched(waiting, a.pool.replicas[0])
+        await store.flush()
+        assert await holders_in_redis(store, last) == {"r0", to.id}
     finally:
         await store.aclose()
 
@@ -491,8 +712,8 @@ async def test_a_claim_whose_answer_was_lost_is_confirmed_by_the_dispatch(
     record finds its own replica there and confirms it."""
     request = chain("lost-answer")
     last = request.records[-1]
-    only_r0 = Proposal("pool", [("r0", 0.0)], 0.0)
-    await shared[1].lookup(request.lookups, Claim(request.records, lambda: only_r0))
+    only_r0 = Proposal([("r0", 0.0)], 0.0)
+    await shared[1].lookup(request.lookups, Claim("pool", request.records, lambda: only_r0))
     assert 0 < await shared[1].redis.ttl(shared[1].key(last.key)) <= CLAIM_TTL
     shared[0].record(request.records, "r0", first=True)  # the dispatch, unaware of the claim
     await shared[0].flush()
@@ -512,9 +733,9 @@ async def test_a_prefix_known_in_process_is_not_claimed(shared: list[RedisPrefix
 
     def propose() -> Proposal:
         asked.append("r1")
-        return Proposal("pool", [("r1", 0.0)], 0.0)
+        return Proposal([("r1", 0.0)], 0.0)
 
-    result = await shared[1].lookup(request.lookups, Claim(request.records, propose))
+    result = await shared[1].lookup(request.lookups, Claim("pool", request.records, propose))
     assert asked == [] and not result.claimed
     assert await holders_in_redis(shared[1], request.records[-1]) == set()
 

@@ -246,11 +246,16 @@ def test_one_redis_round_trip_per_request(make_stack: Any, redis_server: RedisSe
     live.run(flush(live))
     calls = live.run(command_calls(redis_server.url))
     assert calls.pop("evalsha") == 5  # one script call per request with breakpoints
-    # What remains ran inside the script (SMEMBERS, EXPIRE) or is the admin's own connection;
-    # hits refresh TTLs in the script, so no record writes either.
+    # What remains ran inside the script (SMEMBERS, EXPIRE; TIME, ZSCORE, ZADD, TTL renew
+    # the count of the prefix's placement) or is the admin's own connection; hits refresh
+    # TTLs in the script, so no record writes either.
     assert set(calls) <= {
         "smembers",
         "expire",
+        "time",
+        "zscore",
+        "zadd",
+        "ttl",
         "hello",
         "info",
         "config|resetstat",
