@@ -11,14 +11,14 @@ byte. It reads a replica only through ``load()``, ``usable(now)`` and
    overloaded comes first (ties by rendezvous, so every router breaks them alike).
 4. Otherwise the prefix is placed by rendezvous (highest-random-weight) hashing of its key
    over the replicas that are not overloaded and accept new prefixes, skipping those whose
-   load exceeds the lightest one's by more than ``placement_slack``: every router process,
-   with or without the shared index, puts the same new prefix on the same replica while they
-   see the same loads, the prefixes of a busy fleet spread by load, and when all holders of a
-   hot prefix are overloaded the next replica in its rendezvous order takes it (and joins its
+   load exceeds the lightest one's by more than ``placement_slack``: router processes that
+   keep no counts (below) put the same new prefix on the same replica while they see the
+   same loads, the prefixes of a busy fleet spread by load, and when all holders of a hot
+   prefix are overloaded the next replica in its rendezvous order takes it (and joins its
    holders). An index that counts each replica's new prefixes (shared by every router, or
-   of one process) refines this when it claims the prefix (``Proposal.pick``): first, of
-   the replicas within ``placement_count_slack`` of the lightest, those given the fewest;
-   exact ties go to the one given a new prefix longest ago.
+   of one process) decides when it claims the prefix (``Proposal.pick``): before that rule,
+   it keeps, of the replicas within ``placement_count_slack`` of the lightest, those given
+   the fewest; exact ties go to the one given a new prefix longest ago.
 5. A request without prefixes goes to the least-loaded replica (round robin among equals).
 """
 

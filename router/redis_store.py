@@ -94,7 +94,7 @@ for i = n, 1, -1 do
       for _, holder in ipairs(holders) do
         local tree = trees .. holder
         local until_ = redis.call('ZSCORE', tree, ARGV[4])
-        if until_ and tonumber(until_) < now + ttl / 2 then
+        if until_ and tonumber(until_) > now - kept and tonumber(until_) < now + ttl / 2 then
           redis.call('ZADD', tree, now + ttl, ARGV[4])
           keep(tree)
         end
@@ -117,7 +117,7 @@ for j = n + m + 13, #ARGV, 2 do
   names[k] = ARGV[j]
   scores[k] = score
   redis.call('ZREMRANGEBYSCORE', trees .. ARGV[j], '-inf', now - kept)
-  held[k] = redis.call('ZCOUNT', trees .. ARGV[j], '(' .. now, '+inf')
+  held[k] = redis.call('ZCOUNT', trees .. ARGV[j], string.format('(%.17g', now), '+inf')
   if lightest == nil or score < lightest then lightest = score end
 end
 local slack = tonumber(ARGV[n + m + 8])
@@ -185,7 +185,8 @@ _MAX_QUEUED = 10_000  # writes waiting for Redis at most
 # takes to show a new request in a replica's load figures.
 RECENT_WINDOW = 1
 _MAX_BATCH = 256  # writes per pipeline: a batch stays well inside the write deadline
-_FORGOTTEN = 4_096  # (prefix, replica) removals remembered, to settle late claims
+# (prefix, replica) removals remembered, to settle late claims; and late claims remembered
+_FORGOTTEN = 4_096
 _WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
 
 
@@ -362,7 +363,7 @@ class RedisPrefixStore(PrefixStore):
                 keys = tuple(p.key for p in records)
                 late[keys] = (claimant, self._clock() + claim.ttl(records[-1]))
                 late.move_to_end(keys)
-                while len(late) > _FORGOTTEN:
+                if len(late) > _FORGOTTEN:
                     late.popitem(last=False)
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
@@ -371,10 +372,8 @@ class RedisPrefixStore(PrefixStore):
 
     def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
         self.local.record(prefixes, replica, first=first)
-        late = None
-        if first and self._late_claims:
-            late = self._late_claims.pop(tuple(p.key for p in prefixes), None)
-        if late is not None and self._clock() < late[1]:
+        late = self._late_claim(prefixes) if first and self._late_claims else None
+        if late is not None:
             # The first placement of exactly the prefixes a claim of this process was made
             # for, whose answer came after its request stopped waiting: that request, placed
             # now. Elsewhere, this replica holds the prefixes instead of the claimed one.
@@ -383,6 +382,13 @@ class RedisPrefixStore(PrefixStore):
             first = False
         if prefixes and not self.down:
             self._write(self._record_call(prefixes, replica, first=first))
+
+    def _late_claim(self, prefixes: Sequence[Prefix]) -> tuple[str, float] | None:
+        """The late claim made for exactly ``prefixes`` that still stands, taken out."""
+        late, now = self._late_claims, self._clock()
+        while late and next(iter(late.values()))[1] <= now:  # the oldest first: lapsed
+            late.popitem(last=False)
+        return late.pop(tuple(p.key for p in prefixes), None)
 
     def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
         self.local.forget(prefixes, replica)

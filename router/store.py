@@ -113,10 +113,10 @@ class Proposal:
 
         A replica's score is its load plus its ``recent`` placements (other routers' claims
         of new prefixes, which this router's load figures may not show yet; its own are in
-        them). An index shared by every router that places on this pool (``trees`` given:
-        per replica, the new prefixes it holds) first keeps, of the replicas scored within
-        the count slack of the lightest, those given the fewest, so no replica is given
-        more of the working set than its cache can hold while another has room. Of what is
+        them). An index that counts each replica's new prefixes still in use (``trees``
+        given: shared by every router that places on this pool, or of one process) first
+        keeps, of the replicas scored within the count slack of the lightest, those given
+        the fewest, so the working set is shared out evenly. Of what is
         left, the first in rendezvous order scored within the slack of the lightest sets
         the level (slack 0: the lightest); of the replicas scored exactly at that level, the
         one ``last`` given a new prefix longest ago (a sequence number; never: 0) is taken,
@@ -156,8 +156,8 @@ class Claim:
     def tree(self) -> Prefix:
         """The prefix that names a placement among its replica's new prefixes: the shortest,
         which the later requests that extend it share (``PrefixChain.placement_key``). It
-        counts for ``ttl`` once placed, and for its whole TTL from each lookup that finds
-        the prefixes again, as the index's own entries do."""
+        counts for ``ttl`` once placed, and is renewed for its whole TTL by a lookup that
+        finds the prefixes again with less than half of that left."""
         return self.records[0]
 
 
@@ -222,35 +222,33 @@ class _Trees:
     One that stopped is kept ``PLACEMENT_KEPT`` seconds more, uncounted, so that a lookup
     finding its prefix again (a conversation's next turn after a pause) renews it."""
 
-    __slots__ = ("dropping", "expires", "heap", "live")
+    __slots__ = ("counting", "dropping", "expires", "heap")
 
     def __init__(self) -> None:
         self.expires: dict[str, float] = {}
-        # (expiry, key): when each stops counting, soonest first; entries whose key has
-        # since been given another expiry are stale and skipped.
+        self.counting: set[str] = set()  # the keys whose time is not up
+        # (expiry, key): when each stops counting, soonest first; an entry whose key has
+        # since been given another expiry, or has stopped already, is stale and skipped.
         self.heap: list[tuple[float, str]] = []
         self.dropping: list[tuple[float, str]] = []  # (expiry, key) of those that stopped
-        self.live = 0  # how many count
 
     def count(self, now: float) -> int:
-        heap, expires, dropping = self.heap, self.expires, self.dropping
+        heap, expires, counting, dropping = self.heap, self.expires, self.counting, self.dropping
         while heap and heap[0][0] <= now:
             at, key = heapq.heappop(heap)
-            if expires.get(key) == at:
-                self.live -= 1
+            if expires.get(key) == at and key in counting:
+                counting.discard(key)
                 heapq.heappush(dropping, (at, key))
         while dropping and dropping[0][0] + PLACEMENT_KEPT <= now:
             at, key = heapq.heappop(dropping)
-            if expires.get(key) == at:
+            if expires.get(key) == at and key not in counting:
                 del expires[key]
-        return self.live
+        return len(counting)
 
     def set(self, key: str, expires: float, now: float) -> None:
         self.count(now)
-        old = self.expires.get(key)
-        if old is None or old <= now:
-            self.live += 1
         self.expires[key] = expires
+        self.counting.add(key)
         heapq.heappush(self.heap, (expires, key))
 
     def renew(self, key: str, ttl: float, now: float) -> None:

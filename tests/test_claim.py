@@ -379,6 +379,41 @@ async def test_a_placement_counts_while_its_prefix_is_in_use() -> None:
     assert (await one.placer.place(one.pool, chain("later"))).claimed == "r0"
 
 
+async def test_a_placement_made_twice_at_one_instant_stops_counting_once() -> None:
+    """Claimed, forgotten and claimed again within one clock reading: when its time is up it
+    stops counting once, and the replica's later placements count as they should."""
+    clock = Clock()
+    store = MemoryPrefixStore(clock=clock)
+    await give(store, "r0", "twice")
+    store.forget(chain("twice").records, "r0")
+    await give(store, "r0", "twice")
+    clock.now += CLAIM_TTL + 1
+    await give(store, "r0", "later-0")
+    await give(store, "r1", "later-1")
+    one = router(store, 1, 0, count_slack=2.0)  # r1 is the lighter: one placement each
+    assert (await one.placer.place(one.pool, chain("next"))).claimed == "r1"
+
+
+async def test_redis_renews_a_placement_for_a_while_after_it_stopped_counting(
+    shared: list[RedisPrefixStore],
+) -> None:
+    store = shared[0]
+    redis = store.redis
+    one = router(store, 0, 0)
+    now = float((await redis.time())[0])
+    for name, stopped in (("paused", now - 20), ("long-gone", now - PLACEMENT_KEPT - 20)):
+        request = chain(name)
+        await give(store, "r0", name)
+        store.record(request.records, "r0", first=False)  # sent: confirmed
+        await store.flush()
+        await redis.zadd("claim:trees:pool:r0", {request.records[0].key: stopped})
+        assert (await one.placer.place(one.pool, request)).found is not None
+        score = await redis.zscore("claim:trees:pool:r0", request.records[0].key)
+        assert score is not None
+        renewed = score > now + 290
+        assert renewed == (name == "paused"), (name, score - now)
+
+
 async def test_a_late_claim_stands_no_longer_than_a_claim(redis_server: RedisServer) -> None:
     """A request whose claim answered late and that was never sent leaves nothing behind
     once the claim's time is up: a later first placement of the prefixes is an ordinary one
