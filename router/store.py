@@ -116,12 +116,11 @@ class Proposal:
         them). An index that counts each replica's new prefixes still in use (``trees``
         given: shared by every router that places on this pool, or of one process) first
         keeps, of the replicas scored within the count slack of the lightest, those given
-        the fewest, so the working set is shared out evenly. Of what is
-        left, the first in rendezvous order scored within the slack of the lightest sets
-        the level (slack 0: the lightest); of the replicas scored exactly at that level, the
-        one ``last`` given a new prefix longest ago (a sequence number; never: 0) is taken,
-        and equals keep their rendezvous order. The Redis store's lookup script applies the
-        same rule."""
+        the fewest, so the working set is shared out evenly. Of what is left, the first in
+        rendezvous order scored within the slack of the lightest sets the level (slack 0:
+        the lightest); of the replicas scored exactly at that level, the one ``last`` given
+        a new prefix longest ago (a sequence number; never: 0) is taken, and equals keep
+        their rendezvous order. The Redis store's lookup script applies the same rule."""
         recent = recent or {}
         scores = [(replica, load + recent.get(replica, 0)) for replica, load in self.choices]
         if trees is not None:
@@ -281,8 +280,8 @@ class _PoolPlacements:
         return replica
 
     def renew(self, holders: Sequence[str], tree: Prefix, now: float) -> None:
-        """The placement named by ``tree`` was found again on ``holders``: it counts for its
-        whole TTL from now, on those of them it was placed on."""
+        """The placement named by ``tree`` was found again on ``holders``: renewed on those
+        of them it was placed on (``_Trees.renew``)."""
         for holder in holders:
             if (held := self.trees.get(holder)) is not None:
                 held.renew(tree.key, tree.ttl, now)
@@ -349,7 +348,8 @@ class MemoryPrefixStore(PrefixStore):
         if claim is None:
             return Lookup(found)
         if found is not None:
-            if self._pools is not None and (placements := self._pools.get(claim.pool)):
+            pools = self._pools
+            if pools is not None and (placements := pools.get(claim.pool)) is not None:
                 placements.renew(found.holders, claim.tree, self._clock())
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
