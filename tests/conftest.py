@@ -198,6 +198,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A base URL on a loopback port that refuses connections for the whole test: the port
+    stays bound (and not listening), so no server the test starts can be given it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
 @dataclass
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, owned by the test that started it."""

@@ -12,7 +12,7 @@ import pytest
 from router.config import RouterConfig
 from router.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 
-from .conftest import Fake, Stack, free_port, with_replicas
+from .conftest import Fake, Stack, with_replicas
 
 
 def user(text: str = "hi") -> Any:
@@ -151,9 +151,8 @@ def test_body_over_the_limit_is_413(make_stack: Any) -> None:
     assert caught.value.body["code"] == "request_too_large"  # type: ignore[index]
 
 
-def test_unreachable_upstream_is_502_without_its_address(make_stack: Any) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    live = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead]))
+def test_unreachable_upstream_is_502_without_its_address(make_stack: Any, dead_url: str) -> None:
+    live = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead_url]))
     with pytest.raises(openai.InternalServerError) as caught:
         live.client().chat.completions.create(model="m", messages=user())
     # 502 when the request finds it dead, 503 when the background probe found it first.
@@ -162,10 +161,9 @@ def test_unreachable_upstream_is_502_without_its_address(make_stack: Any) -> Non
     assert "sim-text" in message and "127.0.0.1" not in message
 
 
-def test_one_dead_replica_is_skipped(make_stack: Any, stack: Stack) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+def test_one_dead_replica_is_skipped(make_stack: Any, stack: Stack, dead_url: str) -> None:
     alive = stack.fleets["sim-text"].replicas[0].url
-    live = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead, alive]))
+    live = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead_url, alive]))
     replicas = {
         live.client()
         .chat.completions.with_raw_response.create(model="m", messages=user(str(i)))

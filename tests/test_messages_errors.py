@@ -13,7 +13,7 @@ import pytest
 
 from router.config import RouterConfig
 
-from .conftest import Fake, Stack, free_port, with_replicas
+from .conftest import Fake, Stack, with_replicas
 
 USER: Any = [{"role": "user", "content": "hi"}]
 
@@ -204,9 +204,8 @@ def test_upstream_errors_map_to_anthropic_types(
         assert error.response.headers["Retry-After"] == "7"
 
 
-def test_unreachable_upstream_is_502_api_error(make_stack: Any) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    stack = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead]))
+def test_unreachable_upstream_is_502_api_error(make_stack: Any, dead_url: str) -> None:
+    stack = make_stack(edit=lambda c: with_replicas(c, "sim-text", [dead_url]))
     with (
         anthropic.Anthropic(base_url=base(stack), api_key="t", max_retries=0) as client,
         pytest.raises(anthropic.InternalServerError) as caught,

@@ -178,9 +178,8 @@ def test_fallback_pool_serves_when_the_first_is_dead(make_stack: Any) -> None:
     assert again.headers["X-DI-Attempts"] == "1" and again.headers["X-DI-Fallback"] == "sim-json"
 
 
-def test_nothing_usable_is_503_at_once_with_retry_after(make_stack: Any) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    live = make_stack(edit=text_pool([dead]))
+def test_nothing_usable_is_503_at_once_with_retry_after(make_stack: Any, dead_url: str) -> None:
+    live = make_stack(edit=text_pool([dead_url]))
     with pytest.raises(openai.APIStatusError) as first:
         create(live)
     assert first.value.status_code == 502
