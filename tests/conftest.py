@@ -199,12 +199,27 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def dead_url() -> Iterator[str]:
-    """A base URL on a loopback port that refuses connections for the whole test: the port
-    stays bound (and not listening), so no server the test starts can be given it."""
-    with socket.socket() as sock:
+def refused_port() -> Iterator[Callable[[], int]]:
+    """Loopback ports that refuse connections for the whole test: each stays bound (and not
+    listening), so no server the test starts can be given it, as a port picked free and
+    released could be."""
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket()
+        held.append(sock)
         sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return int(sock.getsockname()[1])
+
+    yield take
+    for sock in held:
+        sock.close()
+
+
+@pytest.fixture
+def dead_url(refused_port: Callable[[], int]) -> str:
+    """A base URL where nothing answers, for the whole test."""
+    return f"http://127.0.0.1:{refused_port()}/v1"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from router.store import (
     Proposal,
 )
 
-from .conftest import RedisServer, free_port, redis_clients
+from .conftest import RedisServer, redis_clients
 
 WINDOW = 600  # seconds the tests' recent-claim counts last
 
@@ -211,10 +211,12 @@ async def test_two_routers_over_redis_take_tied_replicas_in_turn_as_one_router_d
     assert 0 < await shared[0].redis.ttl("claim:order:pool") <= RECENCY_TTL
 
 
-async def test_routers_cut_off_from_redis_break_ties_by_rendezvous_alike() -> None:
+async def test_routers_cut_off_from_redis_break_ties_by_rendezvous_alike(
+    refused_port: Callable[[], int],
+) -> None:
     """Without Redis the routers cannot share the placement order: each places a new prefix
     by rendezvous, so they still agree."""
-    nobody = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    nobody = f"redis://127.0.0.1:{refused_port()}"  # nothing listens there
     stores = [
         RedisPrefixStore(
             Redis.from_url(nobody, socket_connect_timeout=0.5), failure_threshold=1, timeout=0.5
@@ -579,8 +581,10 @@ async def test_in_one_process_a_claim_holds_across_a_wait_before_the_dispatch() 
     assert second.cache(chosen) == "hit"
 
 
-async def test_with_redis_down_the_claim_is_kept_in_process() -> None:
-    nobody = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+async def test_with_redis_down_the_claim_is_kept_in_process(
+    refused_port: Callable[[], int],
+) -> None:
+    nobody = f"redis://127.0.0.1:{refused_port()}"  # nothing listens there
     store = RedisPrefixStore(
         Redis.from_url(nobody, socket_connect_timeout=0.5), failure_threshold=1, timeout=0.5
     )

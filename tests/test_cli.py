@@ -7,7 +7,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,11 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in capsys.readouterr().out
 
 
-def test_serve_embedded_with_an_unreachable_redis_still_answers() -> None:
+def test_serve_embedded_with_an_unreachable_redis_still_answers(
+    refused_port: Callable[[], int],
+) -> None:
     port = free_port()
-    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    redis_url = f"redis://127.0.0.1:{refused_port()}/0"
     args = ["serve", "--port", str(port), "--redis-url", redis_url, "--log-level", "warning"]
     with (
         running(*args, ready="OpenAI(base_url="),

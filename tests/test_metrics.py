@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from router.metrics import Children, Metrics
 from router.sim import SimSettings
 from router.usage import Usage
 
-from .conftest import Stack, free_port, with_replicas
+from .conftest import Stack, with_replicas
 
 
 def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -249,8 +250,10 @@ def test_prefix_lookups_are_timed_by_outcome(make_stack: Any) -> None:
     assert breaker["sim-text-0"] == 0 and len(breaker) == 8
 
 
-def test_retries_and_fallbacks_are_counted(make_stack: Any) -> None:
-    dead = [f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/v1"]
+def test_retries_and_fallbacks_are_counted(
+    make_stack: Any, refused_port: Callable[[], int]
+) -> None:
+    dead = [f"http://127.0.0.1:{refused_port()}/v1", f"http://127.0.0.1:{refused_port()}/v1"]
 
     def edit(config: RouterConfig) -> RouterConfig:
         config = with_replicas(config, "sim-text", dead)

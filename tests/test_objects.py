@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fakeredis
@@ -17,7 +17,7 @@ from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore, Sto
 from router.store import StoreUnavailable
 from router.tenants import ANONYMOUS
 
-from .conftest import RedisServer, free_port
+from .conftest import RedisServer
 
 
 @pytest.fixture(params=["memory", "fakeredis", "redis"])
@@ -64,8 +64,8 @@ async def test_memory_objects_expire() -> None:
     assert (await store.page("t1", "chat")).items == []
 
 
-async def test_redis_objects_fail_as_unavailable() -> None:
-    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+async def test_redis_objects_fail_as_unavailable(refused_port: Callable[[], int]) -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{refused_port()}/0", socket_connect_timeout=0.2)
     store = RedisObjectStore(client, key_prefix="t:", ttl=60)
     with pytest.raises(StoreUnavailable):
         await store.get("t1", "chat", "a")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def test_durations_read_like_openais() -> None:
     assert duration(61.25) == "1m1.25s"
 
 
-async def test_redis_buckets_match_memory_and_fail_open(redis_server: RedisServer) -> None:
+async def test_redis_buckets_match_memory_and_fail_open(
+    redis_server: RedisServer, refused_port: Callable[[], int]
+) -> None:
     redis = Redis.from_url(redis_server.url)
     limiter = RedisRateLimiter(redis, key_prefix="t:", timeout=1.0, retry_after=5.0)
     outcomes = [(await limiter.admit("t", 2, 100)).admitted for _ in range(3)]
@@ -74,7 +77,7 @@ async def test_redis_buckets_match_memory_and_fail_open(redis_server: RedisServe
     level = float(await redis.hget("t:rl:t:tok", "l") or 0)
     assert level < 0  # debt, as in memory
     await redis.aclose()
-    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    dead = Redis.from_url(f"redis://127.0.0.1:{refused_port()}/0", socket_connect_timeout=0.2)
     down = RedisRateLimiter(dead, key_prefix="t:", timeout=0.5, retry_after=5.0)
     verdict = await down.admit("t", 1, None)
     assert verdict.admitted and verdict.bypassed
@@ -214,9 +217,11 @@ def test_two_router_processes_share_limits_through_redis(
     assert len(fake_upstream.upstream.received) == 3
 
 
-def test_limits_fail_open_when_redis_is_down(tmp_path: Path, fake_upstream: Fake) -> None:
+def test_limits_fail_open_when_redis_is_down(
+    tmp_path: Path, fake_upstream: Fake, refused_port: Callable[[], int]
+) -> None:
     port = free_port()
-    dead = f"redis://127.0.0.1:{free_port()}/0"
+    dead = f"redis://127.0.0.1:{refused_port()}/0"
     config = _router_config(tmp_path / "r.yaml", fake_upstream.url, dead, port, rpm=1)
     args = ["serve", "--config", str(config), "--log-level", "error"]
     base_url = f"http://127.0.0.1:{port}/v1"

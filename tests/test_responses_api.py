@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -295,14 +296,14 @@ def test_stored_chat_completions(stack: Stack) -> None:
     assert len(page.data) == 1 and page.has_more
 
 
-def test_object_store_down_still_answers_and_reads_are_503(make_stack: Any) -> None:
+def test_object_store_down_still_answers_and_reads_are_503(
+    make_stack: Any, refused_port: Callable[[], int]
+) -> None:
     from redis.asyncio import Redis
 
     from router.objects import RedisObjectStore
 
-    from .conftest import free_port
-
-    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    dead = Redis.from_url(f"redis://127.0.0.1:{refused_port()}/0", socket_connect_timeout=0.2)
     live = make_stack(objects=RedisObjectStore(dead, key_prefix="t:", ttl=60))
     client = live.client()
     created = client.responses.create(model="m", input="hi")

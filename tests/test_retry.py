@@ -7,6 +7,7 @@ or drop the connection; the router runs for real on a loopback port.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from router.keys import BALANCER
 from router.retry import judge
 from router.upstream import Disconnected, Unreachable
 
-from .conftest import Stack, free_port, with_replicas
+from .conftest import Stack, with_replicas
 from .scripted import Replicas
 
 
@@ -157,8 +158,10 @@ def test_a_pooled_connection_closed_by_the_replica_is_retried(
     assert replica_state(live, "sim-text-f0")["consecutive_failures"] == 0
 
 
-def test_fallback_pool_serves_when_the_first_is_dead(make_stack: Any) -> None:
-    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
+def test_fallback_pool_serves_when_the_first_is_dead(
+    make_stack: Any, refused_port: Callable[[], int]
+) -> None:
+    dead = [f"http://127.0.0.1:{refused_port()}/v1" for _ in range(2)]
 
     def edit(config: RouterConfig) -> RouterConfig:
         config = with_replicas(config, "sim-text", dead)

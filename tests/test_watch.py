@@ -121,13 +121,16 @@ async def test_health_backends_shows_breakers_and_scraped_load(
     assert 'di_replica_load{backend="sim-text",replica="sim-text-f0"} 10.0' in text
 
 
-def dead_vision(config: RouterConfig) -> RouterConfig:
-    config = with_replicas(config, "sim-vision", [f"http://127.0.0.1:{free_port()}/v1"])
-    return tune(config, health={"probe_interval": 60})
+def dead_vision(url: str) -> Callable[[RouterConfig], RouterConfig]:
+    def edit(config: RouterConfig) -> RouterConfig:
+        config = with_replicas(config, "sim-vision", [url])
+        return tune(config, health={"probe_interval": 60})
+
+    return edit
 
 
-async def test_ready_stays_200_with_one_pool_dead(make_stack: Any) -> None:
-    live = make_stack(edit=dead_vision)
+async def test_ready_stays_200_with_one_pool_dead(make_stack: Any, dead_url: str) -> None:
+    live = make_stack(edit=dead_vision(dead_url))
     live.run(live.app[WATCHER].probe_due())  # what the background checker does every period
     root = live.base_url.removesuffix("/v1")
     status, body = await get_json(root + "/ready")
@@ -163,10 +166,12 @@ async def test_ready_stays_200_with_one_pool_dead(make_stack: Any) -> None:
         assert caught.value.status_code == 503
 
 
-async def test_ready_is_503_when_no_routed_pool_is_healthy(make_stack: Any) -> None:
+async def test_ready_is_503_when_no_routed_pool_is_healthy(
+    make_stack: Any, refused_port: Callable[[], int]
+) -> None:
     def all_dead(config: RouterConfig) -> RouterConfig:
         for name in ("sim-text", "sim-code", "sim-json", "sim-vision"):
-            config = with_replicas(config, name, [f"http://127.0.0.1:{free_port()}/v1"])
+            config = with_replicas(config, name, [f"http://127.0.0.1:{refused_port()}/v1"])
         return tune(config, health={"probe_interval": 60})
 
     live = make_stack(edit=all_dead)
