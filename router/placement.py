@@ -8,7 +8,8 @@ a request is sent to otherwise, before the answer, so a burst of first requests 
 ``report`` is fed once per attempt with what happened, and trusts only that:
 
 * a fault (refused connection, timeout, 5xx, a stream that broke) removes the replica from
-  the holders of the request's prefixes at once;
+  the holders of the request's prefixes at once, and their placement from its count of new
+  prefixes (``Proposal.pick``);
 * a hit whose ``usage.prompt_tokens_details.cached_tokens`` is far below the matched prefix
   (under ``DEMOTE_SHARE`` of its estimated tokens) means the replica evicted it: it is
   removed from the holders of the prefixes it lost, so the next request places them afresh.
@@ -56,6 +57,7 @@ _REPLICA_FAULTS = frozenset({Outcome.REFUSED, Outcome.TIMEOUT, Outcome.ERROR, Ou
 class Placement:
     """One request's placement: its chain, what the index knew, the ranked candidates."""
 
+    pool: str  # the backend's name: where its new prefixes count (``Claim``)
     chain: PrefixChain
     found: Found | None
     ranking: Ranking
@@ -88,7 +90,7 @@ class Placer:
 
     async def place(self, pool: Pool, chain: PrefixChain) -> Placement:
         if not chain.lookups or not self._affinity:
-            return Placement(chain, None, self._picker.rank(pool), degraded=False)
+            return Placement(pool.backend.name, chain, None, self._picker.rank(pool), False)
         key = chain.placement_key
         proposals: list[Ranking] = []
 
@@ -110,7 +112,7 @@ class Placer:
         else:
             holders = found.holders if found else ()
             ranking = self._picker.rank(pool, holders=holders, key=key)
-        return Placement(chain, found, ranking, result.degraded, claimant)
+        return Placement(pool.backend.name, chain, found, ranking, result.degraded, claimant)
 
     def dispatched(self, placement: Placement, replica: Replica) -> None:
         """Record the request's prefixes for ``replica`` as it is sent."""
@@ -133,12 +135,14 @@ class Placer:
                 # A new prefix: the first placement wins if another router placed it meanwhile.
                 self._store.record(chain.records, replica.id, first=True)
                 return
-            if claimed != replica.id:
-                # The claimed replica was passed over (it failed, or its breaker opened since
-                # the lookup): this one holds the prefixes instead.
-                self._store.forget(chain.records, claimed)
-            # Confirm the claim (or its replacement) for the prefixes' whole TTL.
-            self._store.record(chain.records, replica.id, first=False)
+            if claimed == replica.id:
+                # Confirm the claim for the prefixes' whole TTL.
+                self._store.record(chain.records, replica.id, first=False)
+                return
+            # The claimed replica was passed over (it failed, or its breaker opened since the
+            # lookup): this one holds the prefixes instead, and their placement counts here.
+            self._store.forget(chain.records, claimed, counted_in=placement.pool)
+            self._store.record(chain.records, replica.id, first=False, counted_in=placement.pool)
             return
         # The holders were overloaded or out of use: this replica joins them.
         within = [p for p in chain.records if p.tokens <= longest and p.key != matched.key]
@@ -163,7 +167,7 @@ class Placer:
             held = {p.key: p for p in chain.records}
             if matched is not None:
                 held[matched.key] = matched
-            self._store.forget(list(held.values()), replica.id)
+            self._store.forget(list(held.values()), replica.id, counted_in=placement.pool)
             return
         if (
             outcome is Outcome.OK
@@ -184,4 +188,4 @@ class Placer:
                 cached_tokens,
                 matched.tokens,
             )
-            self._store.forget(lost, replica.id)
+            self._store.forget(lost, replica.id, counted_in=placement.pool)

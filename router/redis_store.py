@@ -36,6 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from router.chain import Prefix
 from router.store import (
+    CLAIM_TTL,
     PLACEMENT_KEPT,
     RECENCY_TTL,
     Claim,
@@ -166,15 +167,26 @@ end
 return {0, {chosen}}
 """
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
-# placement wins); ARGV[3..]: each key's TTL. A first placement that finds the replica already
-# there (its own claim, whose answer was lost) confirms it: the TTL is set all the same.
+# placement wins); ARGV[3]: '' or the replica's sorted set of placements in the pool where
+# this one counts (a claim passed over for this replica), ARGV[4]: its member, ARGV[5]: the
+# seconds it counts, ARGV[6]: the seconds the set is kept at least; ARGV[7..]: each key's
+# TTL. A first placement that finds the replica already there (its own claim, whose answer
+# was lost) confirms it: the TTL is set all the same.
 _RECORD_LUA = """
 for i = 1, #KEYS do
   if ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], ARGV[1])
-    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
   elseif redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
-    redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
+  end
+end
+if ARGV[3] ~= '' then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+  redis.call('ZADD', ARGV[3], now + tonumber(ARGV[5]), ARGV[4])
+  if redis.call('TTL', ARGV[3]) < tonumber(ARGV[6]) then
+    redis.call('EXPIRE', ARGV[3], ARGV[6])
   end
 end
 return #KEYS
@@ -223,10 +235,10 @@ class RedisPrefixStore(PrefixStore):
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
-        # The replica that the prefixes of a claim (their keys) were claimed for by a lookup
-        # whose answer came after its request stopped waiting and before that request was
-        # sent, and until when the claim stands: the request's dispatch settles it.
-        self._late_claims: OrderedDict[tuple[str, ...], tuple[str, float]] = OrderedDict()
+        # The replica and pool that the prefixes of a claim (their keys) were claimed for by
+        # a lookup whose answer came after its request stopped waiting and before that
+        # request was sent, and until when the claim stands: the request's dispatch settles it.
+        self._late_claims: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
         # This process among the routers, for the recent-claim counts: its own claims are in
         # its loads already, so the lookup script adds only the others'.
         self._router_id = secrets.token_hex(6)
@@ -251,8 +263,10 @@ class RedisPrefixStore(PrefixStore):
         return f"{self._key_prefix}px:{prefix_key}"
 
     def _trees(self, pool: str) -> str:
-        """The start of the names of ``pool``'s per-replica sets of placements."""
-        return f"{self._key_prefix}trees:{pool}:"
+        """The start of the names of ``pool``'s per-replica sets of placements. The pool's
+        name goes with its length: names may hold ':', and pool ``a:b`` with replica ``c``
+        must not share a set with pool ``a`` and replica ``b:c``."""
+        return f"{self._key_prefix}trees:{len(pool)}:{pool}:"
 
     @property
     def down(self) -> bool:
@@ -352,16 +366,18 @@ class RedisPrefixStore(PrefixStore):
                 # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
                 # claim must not bring it back. Where it went holds the prefixes instead (its
                 # own first-placement record found the claim there and did nothing).
-                self._remove(records, claimant)
+                self._remove(records, claimant, claim.pool)
                 for holder in holders:
-                    self._write(self._record_call(records, holder, first=False))
+                    self._write(
+                        self._record_call(records, holder, first=False, counted_in=claim.pool)
+                    )
             else:
                 # The request has not been sent yet (it waits for its rate limit, or the
                 # answer came just before its dispatch): its dispatch confirms the claim, or
                 # takes it over if it goes elsewhere (``record``), or the claim lapses.
                 late = self._late_claims
                 keys = tuple(p.key for p in records)
-                late[keys] = (claimant, self._clock() + claim.ttl(records[-1]))
+                late[keys] = (claimant, claim.pool, self._clock() + claim.ttl(records[-1]))
                 late.move_to_end(keys)
                 if len(late) > _FORGOTTEN:
                     late.popitem(last=False)
@@ -370,27 +386,41 @@ class RedisPrefixStore(PrefixStore):
             if not self.local.holders(prefix):  # what this process learnt since is newer
                 self.local.replace(prefix, remote.holders)
 
-    def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
+    def record(
+        self,
+        prefixes: Sequence[Prefix],
+        replica: str,
+        *,
+        first: bool,
+        counted_in: str | None = None,
+    ) -> None:
         self.local.record(prefixes, replica, first=first)
         late = self._late_claim(prefixes) if first and self._late_claims else None
         if late is not None:
             # The first placement of exactly the prefixes a claim of this process was made
             # for, whose answer came after its request stopped waiting: that request, placed
-            # now. Elsewhere, this replica holds the prefixes instead of the claimed one.
-            if late[0] != replica and not self.down:
-                self._remove(prefixes, late[0])
+            # now. Elsewhere, this replica holds the prefixes, and counts them, instead of
+            # the claimed one.
+            claimant, pool = late
+            if claimant != replica and not self.down:
+                self._remove(prefixes, claimant, pool)
+                counted_in = pool
             first = False
         if prefixes and not self.down:
-            self._write(self._record_call(prefixes, replica, first=first))
+            self._write(self._record_call(prefixes, replica, first=first, counted_in=counted_in))
 
-    def _late_claim(self, prefixes: Sequence[Prefix]) -> tuple[str, float] | None:
-        """The late claim made for exactly ``prefixes`` that still stands, taken out."""
+    def _late_claim(self, prefixes: Sequence[Prefix]) -> tuple[str, str] | None:
+        """The replica and pool of the late claim made for exactly ``prefixes`` that still
+        stands, taken out."""
         late, now = self._late_claims, self._clock()
-        while late and next(iter(late.values()))[1] <= now:  # the oldest first: lapsed
+        while late and next(iter(late.values()))[2] <= now:  # the oldest first: lapsed
             late.popitem(last=False)
-        return late.pop(tuple(p.key for p in prefixes), None)
+        taken = late.pop(tuple(p.key for p in prefixes), None)
+        return None if taken is None else (taken[0], taken[1])
 
-    def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
+    def forget(
+        self, prefixes: Sequence[Prefix], replica: str, *, counted_in: str | None = None
+    ) -> None:
         self.local.forget(prefixes, replica)
         forgotten = self._forgotten
         for prefix in prefixes:
@@ -399,21 +429,38 @@ class RedisPrefixStore(PrefixStore):
         while len(forgotten) > _FORGOTTEN:
             forgotten.popitem(last=False)
         if prefixes and not self.down:
-            self._remove(prefixes, replica)
+            self._remove(prefixes, replica, counted_in)
 
-    def _remove(self, prefixes: Sequence[Prefix], replica: str) -> None:
-        """Take ``replica`` out of the prefixes' holders in Redis (not in process)."""
+    def _remove(self, prefixes: Sequence[Prefix], replica: str, counted_in: str | None) -> None:
+        """Take ``replica`` out of the prefixes' holders in Redis (not in process), and
+        (``counted_in``: a pool) the placements they name out of its counts there."""
         keys = [self.key(p.key) for p in prefixes]
+        trees = None if counted_in is None else self._trees(counted_in) + replica
+        members = [p.key for p in prefixes]
 
         def remove(pipe: Pipeline) -> None:
             for key in keys:
                 pipe.srem(key, replica)
+            if trees is not None:
+                pipe.zrem(trees, *members)
 
         self._write(remove)
 
-    def _record_call(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> Write:
+    def _record_call(
+        self,
+        prefixes: Sequence[Prefix],
+        replica: str,
+        *,
+        first: bool,
+        counted_in: str | None = None,
+    ) -> Write:
         keys = [self.key(p.key) for p in prefixes]
-        args: list[Any] = [replica, "1" if first else "0", *(p.ttl for p in prefixes)]
+        args: list[Any] = [replica, "1" if first else "0", "", "", 0, 0]
+        if counted_in is not None:
+            tree = prefixes[0]
+            trees = self._trees(counted_in) + replica
+            args[2:6] = [trees, tree.key, min(tree.ttl, CLAIM_TTL), tree.ttl + PLACEMENT_KEPT]
+        args += [p.ttl for p in prefixes]
         sha = self._record_script.sha
         return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
 

@@ -168,12 +168,25 @@ class PrefixStore(ABC):
         (as ``record(first=True)``) before any other lookup can look."""
 
     @abstractmethod
-    def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
-        """Note that ``replica`` holds these prefixes (``first``: only where none does)."""
+    def record(
+        self,
+        prefixes: Sequence[Prefix],
+        replica: str,
+        *,
+        first: bool,
+        counted_in: str | None = None,
+    ) -> None:
+        """Note that ``replica`` holds these prefixes (``first``: only where none does).
+        ``counted_in``: a pool where this is the placement of new prefixes (a claim whose
+        replica was passed over for this one), counted against ``replica`` as a claim is,
+        named by the first of ``prefixes`` (``Claim.tree``)."""
 
     @abstractmethod
-    def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
-        """``replica`` does not (or no longer) hold these prefixes."""
+    def forget(
+        self, prefixes: Sequence[Prefix], replica: str, *, counted_in: str | None = None
+    ) -> None:
+        """``replica`` does not (or no longer) hold these prefixes; ``counted_in``: the pool
+        where the placements they name stop counting against it at once."""
 
     async def ping(self) -> bool:
         return True
@@ -250,6 +263,12 @@ class _Trees:
         self.counting.add(key)
         heapq.heappush(self.heap, (expires, key))
 
+    def drop(self, key: str) -> None:
+        """``key`` is no longer held: it stops counting, and is not kept for renewal. Its
+        heap entries go stale."""
+        self.expires.pop(key, None)
+        self.counting.discard(key)
+
     def renew(self, key: str, ttl: float, now: float) -> None:
         """Count ``key``, if held, for ``ttl`` from now; not while more than half of that
         is left, so a hot prefix does not add an entry per hit."""
@@ -274,10 +293,14 @@ class _PoolPlacements:
         counts = {r: trees[r].count(now) for r, _ in proposal.choices if r in trees}
         replica = proposal.pick(last=self.order.order(now), trees=counts)
         self.order.note(replica, now)
-        if replica not in trees:
-            trees[replica] = _Trees()
-        trees[replica].set(claim.tree.key, now + claim.ttl(claim.tree), now)
+        self.count(replica, claim.tree, now)
         return replica
+
+    def count(self, replica: str, tree: Prefix, now: float) -> None:
+        """Count the placement named by ``tree`` against ``replica`` as a claim does."""
+        if (held := self.trees.get(replica)) is None:
+            held = self.trees[replica] = _Trees()
+        held.set(tree.key, now + min(tree.ttl, CLAIM_TTL), now)
 
     def renew(self, holders: Sequence[str], tree: Prefix, now: float) -> None:
         """The placement named by ``tree`` was found again on ``holders``: renewed on those
@@ -371,9 +394,20 @@ class MemoryPrefixStore(PrefixStore):
             return ()
         return tuple(entry.holders)
 
-    def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
+    def record(
+        self,
+        prefixes: Sequence[Prefix],
+        replica: str,
+        *,
+        first: bool,
+        counted_in: str | None = None,
+    ) -> None:
         for prefix in prefixes:
             self._put(prefix, replica, first=first, ttl=prefix.ttl)
+        if counted_in is not None and prefixes and self._pools is not None:
+            if (pool := self._pools.get(counted_in)) is None:
+                pool = self._pools[counted_in] = _PoolPlacements()
+            pool.count(replica, prefixes[0], self._clock())
 
     def _put(self, prefix: Prefix, replica: str, *, first: bool, ttl: int) -> None:
         now = self._clock()
@@ -406,10 +440,22 @@ class MemoryPrefixStore(PrefixStore):
             self._entries.move_to_end(prefix.key)
             self._bound()
 
-    def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
+    def forget(
+        self, prefixes: Sequence[Prefix], replica: str, *, counted_in: str | None = None
+    ) -> None:
         for prefix in prefixes:
             entry = self._entries.get(prefix.key)
             if entry is not None:
                 entry.holders.pop(replica, None)
                 if not entry.holders:
                     del self._entries[prefix.key]
+        if (held := self._trees(counted_in, replica)) is not None:
+            for prefix in prefixes:
+                held.drop(prefix.key)
+
+    def _trees(self, pool: str | None, replica: str) -> _Trees | None:
+        """The placements counted against ``replica`` in ``pool``, if this index keeps any."""
+        pools = self._pools
+        if pool is None or pools is None or (placements := pools.get(pool)) is None:
+            return None
+        return placements.trees.get(replica)

@@ -31,11 +31,20 @@ class TimedStore(PrefixStore):
         self._metrics.prefix_lookup(self._kind, outcome, time.perf_counter() - started)
         return result
 
-    def record(self, prefixes: Sequence[Prefix], replica: str, *, first: bool) -> None:
-        self.inner.record(prefixes, replica, first=first)
+    def record(
+        self,
+        prefixes: Sequence[Prefix],
+        replica: str,
+        *,
+        first: bool,
+        counted_in: str | None = None,
+    ) -> None:
+        self.inner.record(prefixes, replica, first=first, counted_in=counted_in)
 
-    def forget(self, prefixes: Sequence[Prefix], replica: str) -> None:
-        self.inner.forget(prefixes, replica)
+    def forget(
+        self, prefixes: Sequence[Prefix], replica: str, *, counted_in: str | None = None
+    ) -> None:
+        self.inner.forget(prefixes, replica, counted_in=counted_in)
 
     async def ping(self) -> bool:
         return await self.inner.ping()

@@ -158,7 +158,7 @@ async def test_new_prefixes_from_several_routers_spread_before_any_scrape_shows_
         assert placement.claimed == chosen.id
         chosen.in_flight += 1  # sent: in this router's own load from now on
         placed.append(chosen.id)
-        await shared[0].redis.delete(*(f"claim:trees:pool:r{i}" for i in range(4)))
+        await shared[0].redis.delete(*(f"claim:trees:4:pool:r{i}" for i in range(4)))
     assert len(set(placed)) == 4, placed
     # The counts last one window.
     assert 0 < await shared[0].redis.ttl("claim:placed:pool") <= WINDOW
@@ -408,9 +408,9 @@ async def test_redis_renews_a_placement_for_a_while_after_it_stopped_counting(
         await give(store, "r0", name)
         store.record(request.records, "r0", first=False)  # sent: confirmed
         await store.flush()
-        await redis.zadd("claim:trees:pool:r0", {request.records[0].key: stopped})
+        await redis.zadd("claim:trees:4:pool:r0", {request.records[0].key: stopped})
         assert (await one.placer.place(one.pool, request)).found is not None
-        score = await redis.zscore("claim:trees:pool:r0", request.records[0].key)
+        score = await redis.zscore("claim:trees:4:pool:r0", request.records[0].key)
         assert score is not None
         renewed = score > now + 290
         assert renewed == (name == "paused"), (name, score - now)
@@ -455,12 +455,83 @@ async def test_a_prefix_claimed_again_counts_once(
     assert (await one.placer.place(one.pool, chain("new"))).claimed == "r0"
 
 
+@pytest.mark.parametrize("outcome", [Outcome.ERROR, Outcome.OK])
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_replica_that_loses_a_prefix_stops_counting_its_placement(
+    backend: str, outcome: Outcome, shared: list[RedisPrefixStore]
+) -> None:
+    """A replica that answers with an error, or reports a prefix evicted (a "hit" with no
+    cached tokens), loses it from the index and from its count at once: the replica does
+    not hold it, so it must not be passed over for new prefixes as if it did."""
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    await give(store, "r0", "kept", "lost")
+    await give(store, "r1", "other")
+    one = router(store, 0, 1, count_slack=2.0)  # r0 is the lighter, but holds two
+    lost = await one.placer.place(one.pool, chain("lost"))
+    assert lost.found is not None and lost.ranking.candidates[0].id == "r0"
+    r0 = one.pool.replicas[0]
+    one.placer.dispatched(lost, r0)
+    one.placer.report(lost, r0, outcome, cached_tokens=0)
+    await store.flush()
+    assert (await one.placer.place(one.pool, chain("new"))).claimed == "r0"  # one each
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_placement_passed_over_counts_where_it_went(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """A claim whose replica was passed over at the dispatch (its breaker opened meanwhile)
+    counts where the request went instead, and is renewed there when found again."""
+    clock = Clock()
+    store: PrefixStore = MemoryPrefixStore(clock=clock) if backend == "memory" else shared[0]
+    one = router(store, 1, 0, count_slack=2.0)  # r1 is the lighter
+    moved = chain("moved")
+    placed = await one.placer.place(one.pool, moved)
+    assert placed.claimed == "r1"
+    one.placer.dispatched(placed, one.pool.replicas[0])
+    await store.flush()
+    # Counted on r1 still, the next new prefix would go to r0.
+    assert (await one.placer.place(one.pool, chain("next"))).claimed == "r1"
+    if backend == "memory":
+        clock.now += CLAIM_TTL + 1
+    else:  # as if the claim's 10 s were up in Redis too
+        redis = shared[0].redis
+        then = float((await redis.time())[0]) - 1
+        for replica, name in (("r0", "moved"), ("r1", "next")):
+            member = chain(name).records[0].key
+            assert await redis.zadd(f"claim:trees:4:pool:{replica}", {member: then}, xx=True) == 0
+            assert await redis.zscore(f"claim:trees:4:pool:{replica}", member) == then
+    again = await one.placer.place(one.pool, moved)
+    assert again.found is not None and again.found.holders == ("r0",)
+    one.pool.replicas[0].in_flight, one.pool.replicas[1].in_flight = 0, 1
+    # Renewed on r0, which holds one to r1's none: not renewed, r0 (the lighter) would take it.
+    assert (await one.placer.place(one.pool, chain("after"))).claimed == "r1"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_pools_and_replicas_named_with_colons_keep_their_counts_apart(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """Pool ``a:b`` with replica ``c`` and pool ``a`` with replica ``b:c``: names may hold
+    ':', and one's placements must not count against the other."""
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    only_c = Proposal([("c", 0.0)], 0.0)
+    for name in ("colon-0", "colon-1"):
+        request = chain(name)
+        placed = await store.lookup(request.lookups, Claim("a:b", request.records, fixed(only_c)))
+        assert placed.claimant == "c"
+    either = Proposal([("b:c", 0.0), ("x", 0.0)], 0.0, count_slack=8.0)
+    request = chain("colon-new")
+    claimed = await store.lookup(request.lookups, Claim("a", request.records, fixed(either)))
+    assert claimed.claimant == "b:c"  # both hold none: the first of equals
+
+
 async def test_redis_counts_each_placement_until_it_expires(
     shared: list[RedisPrefixStore],
 ) -> None:
     store, other = shared
     redis = store.redis
-    trees = "claim:trees:pool:r0"
+    trees = "claim:trees:4:pool:r0"
     await give(store, "r0", "kept-0")
     member = chain("kept-0").records[0].key
     now = float((await redis.time())[0])
@@ -481,10 +552,10 @@ async def test_redis_counts_each_placement_until_it_expires(
     # dropped at a claim.
     lapsed = now - 1
     gone = now - PLACEMENT_KEPT - 1
-    await redis.zadd("claim:trees:pool:r1", {"lapsed": lapsed, "gone-0": gone, "gone-1": gone})
+    await redis.zadd("claim:trees:4:pool:r1", {"lapsed": lapsed, "gone-0": gone, "gone-1": gone})
     placed = router(store, 0, 0, count_slack=2.0)
     assert (await placed.placer.place(placed.pool, chain("next"))).claimed == "r1"
-    assert await redis.zrange("claim:trees:pool:r1", 0, -1) == [
+    assert await redis.zrange("claim:trees:4:pool:r1", 0, -1) == [
         b"lapsed",
         chain("next").records[0].key.encode(),
     ]
@@ -510,7 +581,7 @@ async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
     # As if 30 s had passed in Redis too: the claims' counts are up.
     for request in paused:
         then = float((await redis.time())[0]) - 20
-        await redis.zadd("claim:trees:pool:r0", {request.records[0].key: then})
+        await redis.zadd("claim:trees:4:pool:r0", {request.records[0].key: then})
     for store in (memory, shared[0]):
         await give(store, "r1", "in-between")  # a claim on the pool meanwhile
         one = router(store, 0, 1, count_slack=2.0)
@@ -708,6 +779,16 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
             assert await store.redis.ttl(store.key(last.key)) > CLAIM_TTL
             expected = {"r0"} if then == "waiting" else {"r1"}
             assert await holders_in_redis(store, last) == expected
+        # The placement counts where the request went, and nowhere else.
+        counted = {
+            replica
+            for replica in ("r0", "r1", "r2")
+            if await store.redis.zscore(f"late:trees:4:pool:{replica}", request.records[0].key)
+        }
+        if then == "refused":
+            assert counted == set()
+        else:
+            assert counted == ({"r1"} if then.endswith("elsewhere") else {"r0"})
     finally:
         await store.aclose()
 
