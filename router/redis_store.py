@@ -360,31 +360,43 @@ class RedisPrefixStore(PrefixStore):
             records = list(claim.records)
             holders = self.local.holders(records[-1])
             if claimant in holders:
-                # The request went there: confirm the claim for the prefixes' whole TTL.
+                # The request went there: confirm the claim for the prefixes' whole TTL. Its
+                # attempt there may yet fail: the retry's record elsewhere takes the claim over.
                 self._write(self._record_call(records, claimant, first=False))
+                self._late_claim_stands(claim, claimant)
             elif holders or self._forgotten.get(records[-1].key) == claimant:
                 # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
                 # claim must not bring it back. Where it went holds the prefixes instead (its
-                # own first-placement record found the claim there and did nothing).
+                # own first-placement record found the claim there and did nothing), and the
+                # first of those counts the placement.
                 self._remove(records, claimant, claim.pool)
-                for holder in holders:
+                for n, holder in enumerate(holders):
+                    counted_in = claim.pool if n == 0 else None
                     self._write(
-                        self._record_call(records, holder, first=False, counted_in=claim.pool)
+                        self._record_call(records, holder, first=False, counted_in=counted_in)
                     )
+                if not holders:  # a retry not yet sent takes the claim over
+                    self._late_claim_stands(claim, claimant)
             else:
                 # The request has not been sent yet (it waits for its rate limit, or the
                 # answer came just before its dispatch): its dispatch confirms the claim, or
                 # takes it over if it goes elsewhere (``record``), or the claim lapses.
-                late = self._late_claims
-                keys = tuple(p.key for p in records)
-                late[keys] = (claimant, claim.pool, self._clock() + claim.ttl(records[-1]))
-                late.move_to_end(keys)
-                if len(late) > _FORGOTTEN:
-                    late.popitem(last=False)
+                self._late_claim_stands(claim, claimant)
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
             if not self.local.holders(prefix):  # what this process learnt since is newer
                 self.local.replace(prefix, remote.holders)
+
+    def _late_claim_stands(self, claim: Claim, claimant: str) -> None:
+        """Until the claim's time is up, the first placement of exactly its prefixes (its
+        request's dispatch, or a retry's) settles it (``record``)."""
+        late = self._late_claims
+        records = claim.records
+        keys = tuple(p.key for p in records)
+        late[keys] = (claimant, claim.pool, self._clock() + claim.ttl(records[-1]))
+        late.move_to_end(keys)
+        if len(late) > _FORGOTTEN:
+            late.popitem(last=False)
 
     def record(
         self,

@@ -381,13 +381,17 @@ async def test_a_placement_counts_while_its_prefix_is_in_use() -> None:
     assert (await one.placer.place(one.pool, chain("later"))).claimed == "r0"
 
 
-async def test_a_placement_made_twice_at_one_instant_stops_counting_once() -> None:
-    """Claimed, forgotten and claimed again within one clock reading: when its time is up it
-    stops counting once, and the replica's later placements count as they should."""
+@pytest.mark.parametrize("counted_in", [None, "pool"])
+async def test_a_placement_made_twice_at_one_instant_stops_counting_once(
+    counted_in: str | None,
+) -> None:
+    """Claimed, forgotten (its count dropped with it, or not) and claimed again within one
+    clock reading: when its time is up it stops counting once, and the replica's later
+    placements count as they should."""
     clock = Clock()
     store = MemoryPrefixStore(clock=clock)
     await give(store, "r0", "twice")
-    store.forget(chain("twice").records, "r0")
+    store.forget(chain("twice").records, "r0", counted_in=counted_in)
     await give(store, "r0", "twice")
     clock.now += CLAIM_TTL + 1
     await give(store, "r0", "later-0")
@@ -490,7 +494,9 @@ async def test_a_placement_passed_over_counts_where_it_went(
     assert placed.claimed == "r1"
     one.placer.dispatched(placed, one.pool.replicas[0])
     await store.flush()
-    # Counted on r1 still, the next new prefix would go to r0.
+    one.pool.replicas[0].in_flight, one.pool.replicas[1].in_flight = 0, 1
+    # r0 holds it, r1 none. Were it still counted on r1 (a tie), or not on r0, r0 (the
+    # lighter) would take the next new prefix.
     assert (await one.placer.place(one.pool, chain("next"))).claimed == "r1"
     if backend == "memory":
         clock.now += CLAIM_TTL + 1
@@ -503,7 +509,6 @@ async def test_a_placement_passed_over_counts_where_it_went(
             assert await redis.zscore(f"claim:trees:4:pool:{replica}", member) == then
     again = await one.placer.place(one.pool, moved)
     assert again.found is not None and again.found.holders == ("r0",)
-    one.pool.replicas[0].in_flight, one.pool.replicas[1].in_flight = 0, 1
     # Renewed on r0, which holds one to r1's none: not renewed, r0 (the lighter) would take it.
     assert (await one.placer.place(one.pool, chain("after"))).claimed == "r1"
 
@@ -735,6 +740,8 @@ class Gate:
         ("sent", False),
         ("sent elsewhere", False),
         ("refused", True),
+        ("refused, then retried elsewhere", True),
+        ("failed after the answer, then retried elsewhere", False),
         ("waiting", True),
         ("waiting, then sent elsewhere", True),
     ],
@@ -755,16 +762,21 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
         sent = a.pool.replicas[1] if then == "sent elsewhere" else proposed
         if not then.startswith("waiting"):  # "waiting": still held by its rate-limit check
             a.placer.dispatched(placed, sent)  # elsewhere: r0's breaker opened meanwhile
-        if then == "refused":
+        if then.startswith("refused"):
             a.placer.report(placed, sent, Outcome.REFUSED)
         gate.open.set()
         await store.flush()
         await store.flush()  # the settling write the late answer started
+        if then.endswith("retried elsewhere"):
+            if then.startswith("failed"):  # the attempt fails after the late answer came
+                a.placer.report(placed, sent, Outcome.ERROR)
+            a.placer.dispatched(placed, a.pool.replicas[1])  # the retry
+            await store.flush()
         held = await holders_in_redis(store, last)
         ttl = await store.redis.ttl(store.key(last.key))
         if then == "sent":
             assert held == {"r0"} and ttl > CLAIM_TTL  # confirmed
-        elif then == "sent elsewhere":
+        elif then.endswith("elsewhere") and not then.startswith("waiting"):
             assert held == {"r1"} and ttl > CLAIM_TTL  # where the request went
         elif then == "refused":
             # The late claim must not bring back the replica that failed.
@@ -789,6 +801,33 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
             assert counted == set()
         else:
             assert counted == ({"r1"} if then.endswith("elsewhere") else {"r0"})
+    finally:
+        await store.aclose()
+
+
+async def test_a_late_claim_taken_elsewhere_counts_once(redis_server: RedisServer) -> None:
+    """The claim's replica was passed over, and another request spilled the prefix onto a
+    third replica, before the claim's answer came: the placement counts once, where its
+    request went."""
+    store = RedisPrefixStore(Redis.from_url(redis_server.url), key_prefix="once:", timeout=0.05)
+    try:
+        gate = Gate(store, runs_late=False)
+        a = router(store, 0, 5, 5)
+        request = chain("late-once")
+        placed = await a.placer.place(a.pool, request)
+        assert placed.degraded and placed.ranking.candidates[0].id == "r0"
+        a.placer.dispatched(placed, a.pool.replicas[1])  # r0's breaker opened meanwhile
+        store.record(request.records, "r2", first=False)  # another request spilled there
+        gate.open.set()
+        await store.flush()
+        await store.flush()
+        assert await holders_in_redis(store, request.records[-1]) == {"r1", "r2"}
+        counted = {
+            replica
+            for replica in ("r0", "r1", "r2")
+            if await store.redis.zscore(f"once:trees:4:pool:{replica}", request.records[0].key)
+        }
+        assert counted == {"r1"}
     finally:
         await store.aclose()
 
