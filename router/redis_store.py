@@ -58,8 +58,9 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # last new prefix (field: the replica), and the last number given (field: '', never an id).
 # ARGV[1]: n; ARGV[2]: m; ARGV[3]: the start of the names of the pool's per-replica sorted
 # sets of placements (the name is that and the replica id; '' only without a claim: none
-# renewed), whose members name placements (a ``Claim.tree``) and whose scores are the times
-# they stop counting; ARGV[4]: the member naming this request's placement; ARGV[5]: its
+# renewed), whose members name placements (the key of a ``Claim.tree``, as KEYS name the
+# looked-up prefixes) and whose scores are the times they stop counting; ARGV[4]: the
+# member naming this request's placement; ARGV[5]: its
 # whole TTL; ARGV[6]: its TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8..7+n]: the
 # looked-up keys' TTLs; ARGV[8+n..7+n+m]: the claim's TTLs; ARGV[8+n+m]: the slack;
 # ARGV[9+n+m]: the recent counts' window in seconds; ARGV[10+n+m]: the proposing router's
@@ -68,10 +69,11 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # order. The sorted sets' names are built here, not passed as keys: one per holder, and the
 # holders are known only here (the store does not support Redis Cluster).
 # Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds,
-# and renews the placement on the holders it was placed on (as _Trees.renew): {index,
-# holders}. When none has holders and there is a claim, picks as Proposal.pick does (with
-# ``trees``: the placements counting, as _Trees.count), the other routers' recent claims
-# added to the loads, counts the pick, and records it: {0, {replica}}.
+# and renews the placement on the holders it was placed on, carried over from a shorter
+# looked-up prefix where it is held under one (as _Trees.renew): {index, holders}. When
+# none has holders and there is a claim, picks as Proposal.pick does (with ``trees``: the
+# placements counting, as _Trees.count), the other routers' recent claims added to the
+# loads, counts the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
@@ -92,10 +94,30 @@ for i = n, 1, -1 do
     if trees ~= '' then
       local ttl = tonumber(ARGV[5])
       local now = clock()
+      local function held(tree, member)
+        local at = tonumber(redis.call('ZSCORE', tree, member))
+        if at and at > now - kept then return at end
+        return nil
+      end
       for _, holder in ipairs(holders) do
         local tree = trees .. holder
-        local until_ = redis.call('ZSCORE', tree, ARGV[4])
-        if until_ and tonumber(until_) > now - kept and tonumber(until_) < now + ttl / 2 then
+        local until_ = held(tree, ARGV[4])
+        if until_ == nil then
+          for j = i, 1, -1 do
+            if KEYS[j] ~= ARGV[4] then
+              until_ = held(tree, KEYS[j])
+              if until_ then
+                redis.call('ZREM', tree, KEYS[j])
+                if until_ >= now + ttl / 2 then
+                  redis.call('ZADD', tree, until_, ARGV[4])
+                  keep(tree)
+                end
+                break
+              end
+            end
+          end
+        end
+        if until_ and until_ < now + ttl / 2 then
           redis.call('ZADD', tree, now + ttl, ARGV[4])
           keep(tree)
         end
@@ -322,7 +344,7 @@ class RedisPrefixStore(PrefixStore):
         if claim is None:
             return keys, args, None
         tree = claim.tree
-        args[2:6] = [self._trees(claim.pool), tree.key, tree.ttl, claim.ttl(tree)]
+        args[2:6] = [self._trees(claim.pool), self.key(tree.key), tree.ttl, claim.ttl(tree)]
         if self.local.get(prefixes) is not None:
             return keys, args, None
         proposal = claim.propose()
@@ -448,13 +470,12 @@ class RedisPrefixStore(PrefixStore):
         (``counted_in``: a pool) the placements they name out of its counts there."""
         keys = [self.key(p.key) for p in prefixes]
         trees = None if counted_in is None else self._trees(counted_in) + replica
-        members = [p.key for p in prefixes]
 
         def remove(pipe: Pipeline) -> None:
             for key in keys:
                 pipe.srem(key, replica)
             if trees is not None:
-                pipe.zrem(trees, *members)
+                pipe.zrem(trees, *keys)
 
         self._write(remove)
 
@@ -471,7 +492,7 @@ class RedisPrefixStore(PrefixStore):
         if counted_in is not None:
             tree = prefixes[0]
             trees = self._trees(counted_in) + replica
-            args[2:6] = [trees, tree.key, min(tree.ttl, CLAIM_TTL), tree.ttl + PLACEMENT_KEPT]
+            args[2:6] = [trees, keys[0], min(tree.ttl, CLAIM_TTL), tree.ttl + PLACEMENT_KEPT]
         args += [p.ttl for p in prefixes]
         sha = self._record_script.sha
         return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)

@@ -156,7 +156,9 @@ class Claim:
         """The prefix that names a placement among its replica's new prefixes: the shortest,
         which the later requests that extend it share (``PrefixChain.placement_key``). It
         counts for ``ttl`` once placed, and is renewed for its whole TTL by a lookup that
-        finds the prefixes again with less than half of that left."""
+        finds the prefixes again with less than half of that left. A conversation marked
+        anew each turn has a new one each turn: the lookup carries the placement over from
+        the earlier turn's (``_Trees.renew``)."""
         return self.records[0]
 
 
@@ -269,13 +271,24 @@ class _Trees:
         self.expires.pop(key, None)
         self.counting.discard(key)
 
-    def renew(self, key: str, ttl: float, now: float) -> None:
+    def renew(self, key: str, ttl: float, now: float, earlier: Sequence[str] = ()) -> None:
         """Count ``key``, if held, for ``ttl`` from now; not while more than half of that
-        is left, so a hot prefix does not add an entry per hit."""
+        is left, so a hot prefix does not add an entry per hit. A placement not held under
+        ``key`` but under one of ``earlier`` (the request's shorter prefixes, longest first:
+        an earlier turn's, whose client marks each turn anew) is carried over to ``key``
+        first, so that the next turn, which extends this one, finds it."""
         self.count(now)
         old = self.expires.get(key)
-        if old is not None and old < now + ttl / 2:
+        if old is None:
+            carried = next((k for k in earlier if k != key and k in self.expires), None)
+            if carried is None:
+                return
+            old = self.expires[carried]
+            self.drop(carried)
+        if old < now + ttl / 2:
             self.set(key, now + ttl, now)
+        elif key not in self.expires:  # carried over as it stands
+            self.set(key, old, now)
 
 
 class _PoolPlacements:
@@ -302,12 +315,16 @@ class _PoolPlacements:
             held = self.trees[replica] = _Trees()
         held.set(tree.key, now + min(tree.ttl, CLAIM_TTL), now)
 
-    def renew(self, holders: Sequence[str], tree: Prefix, now: float) -> None:
-        """The placement named by ``tree`` was found again on ``holders``: renewed on those
-        of them it was placed on (``_Trees.renew``)."""
+    def renew(
+        self, holders: Sequence[str], tree: Prefix, found: Sequence[Prefix], now: float
+    ) -> None:
+        """The placement named by ``tree`` was found again on ``holders`` (``found``: the
+        looked-up prefixes up to the one found): renewed on those of them it was placed on
+        (``_Trees.renew``)."""
+        earlier = [p.key for p in reversed(found)]
         for holder in holders:
             if (held := self.trees.get(holder)) is not None:
-                held.renew(tree.key, tree.ttl, now)
+                held.renew(tree.key, tree.ttl, now, earlier)
 
 
 class MemoryPrefixStore(PrefixStore):
@@ -373,7 +390,8 @@ class MemoryPrefixStore(PrefixStore):
         if found is not None:
             pools = self._pools
             if pools is not None and (placements := pools.get(claim.pool)) is not None:
-                placements.renew(found.holders, claim.tree, self._clock())
+                held = prefixes[: found.index + 1]
+                placements.renew(found.holders, claim.tree, held, self._clock())
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
         proposal = claim.propose()

@@ -29,6 +29,8 @@ from router.store import (
     MemoryPrefixStore,
     PrefixStore,
     Proposal,
+    _PoolPlacements,
+    _Trees,
 )
 
 from .conftest import RedisServer, redis_clients
@@ -412,9 +414,10 @@ async def test_redis_renews_a_placement_for_a_while_after_it_stopped_counting(
         await give(store, "r0", name)
         store.record(request.records, "r0", first=False)  # sent: confirmed
         await store.flush()
-        await redis.zadd("claim:trees:4:pool:r0", {request.records[0].key: stopped})
+        member = store.key(request.records[0].key)
+        await redis.zadd("claim:trees:4:pool:r0", {member: stopped})
         assert (await one.placer.place(one.pool, request)).found is not None
-        score = await redis.zscore("claim:trees:4:pool:r0", request.records[0].key)
+        score = await redis.zscore("claim:trees:4:pool:r0", member)
         assert score is not None
         renewed = score > now + 290
         assert renewed == (name == "paused"), (name, score - now)
@@ -504,7 +507,7 @@ async def test_a_placement_passed_over_counts_where_it_went(
         redis = shared[0].redis
         then = float((await redis.time())[0]) - 1
         for replica, name in (("r0", "moved"), ("r1", "next")):
-            member = chain(name).records[0].key
+            member = shared[0].key(chain(name).records[0].key)
             assert await redis.zadd(f"claim:trees:4:pool:{replica}", {member: then}, xx=True) == 0
             assert await redis.zscore(f"claim:trees:4:pool:{replica}", member) == then
     again = await one.placer.place(one.pool, moved)
@@ -538,7 +541,7 @@ async def test_redis_counts_each_placement_until_it_expires(
     redis = store.redis
     trees = "claim:trees:4:pool:r0"
     await give(store, "r0", "kept-0")
-    member = chain("kept-0").records[0].key
+    member = store.key(chain("kept-0").records[0].key)
     now = float((await redis.time())[0])
 
     async def expiry() -> float:
@@ -562,7 +565,7 @@ async def test_redis_counts_each_placement_until_it_expires(
     assert (await placed.placer.place(placed.pool, chain("next"))).claimed == "r1"
     assert await redis.zrange("claim:trees:4:pool:r1", 0, -1) == [
         b"lapsed",
-        chain("next").records[0].key.encode(),
+        store.key(chain("next").records[0].key).encode(),
     ]
 
 
@@ -586,7 +589,7 @@ async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
     # As if 30 s had passed in Redis too: the claims' counts are up.
     for request in paused:
         then = float((await redis.time())[0]) - 20
-        await redis.zadd("claim:trees:4:pool:r0", {request.records[0].key: then})
+        await redis.zadd("claim:trees:4:pool:r0", {shared[0].key(request.records[0].key): then})
     for store in (memory, shared[0]):
         await give(store, "r1", "in-between")  # a claim on the pool meanwhile
         one = router(store, 0, 1, count_slack=2.0)
@@ -594,6 +597,121 @@ async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
             assert (await one.placer.place(one.pool, request)).found is not None
         # r0 holds two in use again, r1 one: not renewed, r0 would count none and take it.
         assert (await one.placer.place(one.pool, chain("after"))).claimed == "r1"
+
+
+def turn(name: str, k: int, ttl: int = 300) -> PrefixChain:
+    """Turn ``k`` of a conversation whose client marks its newest user message: it looks up
+    every earlier turn's prefix and records only its own."""
+    prefixes = [Prefix(f"{name}-{n}", ttl, 2000 + 100 * n) for n in range(1, k + 1)]
+    return PrefixChain(prefixes, prefixes[-1:], marked=True)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_conversation_marked_anew_each_turn_keeps_its_placement_counted(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """Each turn records a prefix of its own, so the placement is named by turn 1's prefix
+    when a lookup first finds the conversation again: it is carried over to each turn's,
+    renewed as it goes, and counts once."""
+    clock = Clock()
+    store: PrefixStore = MemoryPrefixStore(clock=clock) if backend == "memory" else shared[0]
+    one = router(store, 0, 1, count_slack=2.0)  # r0 is the lighter
+    r0 = one.pool.replicas[0]
+    first = await one.placer.place(one.pool, turn("talk", 1))
+    assert first.claimed == "r0"
+    one.placer.dispatched(first, r0)
+    await store.flush()
+    # The claim's 10 s are up before turn 2.
+    if backend == "memory":
+        clock.now += CLAIM_TTL + 1
+    else:
+        redis = shared[0].redis
+        then = float((await redis.time())[0]) - 1
+        member = shared[0].key(turn("talk", 1).records[0].key)
+        assert await redis.zadd("claim:trees:4:pool:r0", {member: then}, xx=True) == 0
+        assert await redis.zscore("claim:trees:4:pool:r0", member) == then
+    for k in (2, 3, 4):
+        placed = await one.placer.place(one.pool, turn("talk", k))
+        assert placed.found is not None and placed.found.holders == ("r0",)
+        one.placer.dispatched(placed, r0)
+        await store.flush()
+    # r0 holds the conversation: not carried over, it would count none and take this one.
+    assert (await one.placer.place(one.pool, chain("new-a"))).claimed == "r1"
+    # One each now: counted twice (turn 1's and turn 4's), r0 would be passed over again.
+    assert (await one.placer.place(one.pool, chain("new-b"))).claimed == "r0"
+    if backend == "redis":
+        now = float((await shared[0].redis.time())[0])
+        counting = await shared[0].redis.zrangebyscore("claim:trees:4:pool:r0", now, "+inf")
+        talk = shared[0].key(turn("talk", 4).records[0].key).encode()
+        assert sorted(counting) == sorted([talk, shared[0].key("new-b-system").encode()])
+
+
+async def test_the_lookup_script_renews_as_the_index_in_process_does(
+    shared: list[RedisPrefixStore],
+) -> None:
+    """Renewal lives twice too: random placements (counting with more or less than half
+    their TTL left, stopped but kept, gone) under the request's tree, its looked-up prefixes
+    or neither, on random holders; both stores leave the same placements behind."""
+    draw = random.Random("renew")
+    store = shared[0]
+    redis = store.redis
+    offsets = (250.0, 100.0, -10.0, -PLACEMENT_KEPT - 10.0)
+    for case in range(80):
+        name = f"renew-{case}"
+        lookups = [Prefix(f"{name}-{j}", 300, 1000 + j) for j in range(draw.randint(1, 5))]
+        found_at = draw.randrange(len(lookups))
+        tree_at = draw.randrange(len(lookups) + 1)
+        tree = lookups[tree_at] if tree_at < len(lookups) else Prefix(f"{name}-new", 300, 9000)
+        names = sorted({p.key for p in lookups} | {tree.key, f"{name}-other"})
+        state = {
+            holder: {
+                key: draw.choice(offsets)
+                for key in draw.sample(names, draw.randint(0, min(3, len(names))))
+            }
+            for holder in draw.sample(["r0", "r1", "r2"], draw.randint(1, 3))
+        }
+        claim = Claim("pool", [tree], fixed(Proposal([("r0", 0.0)], 0.0)))
+
+        clock = Clock()
+        memory = MemoryPrefixStore(clock=clock)
+        placements = memory._pools["pool"] = _PoolPlacements()  # type: ignore[index]
+        for holder, held in state.items():
+            memory.record([lookups[found_at]], holder, first=False)
+            trees = placements.trees[holder] = _Trees()
+            for key, offset in held.items():
+                trees.set(key, clock.now + offset, clock.now)
+        assert (await memory.lookup(lookups, claim)).found is not None
+        in_process = {}
+        for holder in state:
+            trees = placements.trees[holder]
+            trees.count(clock.now)
+            in_process[holder] = {k: at - clock.now for k, at in trees.expires.items()}
+
+        seconds, micros = await redis.time()
+        now = seconds + micros / 1e6
+        for holder, held in state.items():
+            await redis.sadd(store.key(lookups[found_at].key), holder)
+            if held:
+                members = {store.key(k): now + offset for k, offset in held.items()}
+                await redis.zadd(f"claim:trees:4:pool:{holder}", members)
+        await redis.expire(store.key(lookups[found_at].key), 300)
+        assert (await store.lookup(lookups, claim)).found is not None
+        in_redis = {}
+        for holder in state:
+            scored: list[tuple[bytes, float]] = await redis.zrange(  # type: ignore[assignment]
+                f"claim:trees:4:pool:{holder}", 0, -1, withscores=True
+            )
+            await redis.delete(f"claim:trees:4:pool:{holder}")
+            in_redis[holder] = {
+                member.decode().removeprefix("claim:px:"): at - now
+                for member, at in scored
+                if at > now - PLACEMENT_KEPT
+            }
+        assert in_redis.keys() == in_process.keys(), case
+        for holder, held in in_process.items():
+            assert in_redis[holder].keys() == held.keys(), (case, holder, state)
+            for key, offset in held.items():
+                assert abs(in_redis[holder][key] - offset) < 2, (case, holder, key, state)
 
 
 async def test_each_claim_renews_the_placement_order_in_redis(
@@ -792,10 +910,11 @@ async def test_a_claim_whose_answer_came_after_its_lookup_gave_up_is_settled(
             expected = {"r0"} if then == "waiting" else {"r1"}
             assert await holders_in_redis(store, last) == expected
         # The placement counts where the request went, and nowhere else.
+        member = store.key(request.records[0].key)
         counted = {
             replica
             for replica in ("r0", "r1", "r2")
-            if await store.redis.zscore(f"late:trees:4:pool:{replica}", request.records[0].key)
+            if await store.redis.zscore(f"late:trees:4:pool:{replica}", member)
         }
         if then == "refused":
             assert counted == set()
@@ -822,10 +941,11 @@ async def test_a_late_claim_taken_elsewhere_counts_once(redis_server: RedisServe
         await store.flush()
         await store.flush()
         assert await holders_in_redis(store, request.records[-1]) == {"r1", "r2"}
+        member = store.key(request.records[0].key)
         counted = {
             replica
             for replica in ("r0", "r1", "r2")
-            if await store.redis.zscore(f"once:trees:4:pool:{replica}", request.records[0].key)
+            if await store.redis.zscore(f"once:trees:4:pool:{replica}", member)
         }
         assert counted == {"r1"}
     finally:
