@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -224,6 +224,13 @@ _FORGOTTEN = 4_096
 _WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
 
 
+class _LateClaim(NamedTuple):
+    claimant: str  # the replica the lookup script claimed the prefixes for
+    pool: str
+    deadline: float  # when the claim lapses (this process's clock)
+    sent: bool  # its request was sent already (to the claimant, or it failed there)
+
+
 class RedisPrefixStore(PrefixStore):
     def __init__(
         self,
@@ -257,10 +264,9 @@ class RedisPrefixStore(PrefixStore):
         self._writer: asyncio.Task[None] | None = None
         # The replica each prefix last lost here (it failed): a late claim for it is withdrawn.
         self._forgotten: OrderedDict[str, str] = OrderedDict()
-        # The replica and pool that the prefixes of a claim (their keys) were claimed for by
-        # a lookup whose answer came after its request stopped waiting and before that
-        # request was sent, and until when the claim stands: the request's dispatch settles it.
-        self._late_claims: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
+        # The claims, by the keys of their prefixes, whose answer came after their request
+        # stopped waiting, and that the first placement of those prefixes settles (``record``).
+        self._late_claims: OrderedDict[tuple[str, ...], _LateClaim] = OrderedDict()
         # This process among the routers, for the recent-claim counts: its own claims are in
         # its loads already, so the lookup script adds only the others'.
         self._router_id = secrets.token_hex(6)
@@ -385,7 +391,7 @@ class RedisPrefixStore(PrefixStore):
                 # The request went there: confirm the claim for the prefixes' whole TTL. Its
                 # attempt there may yet fail: the retry's record elsewhere takes the claim over.
                 self._write(self._record_call(records, claimant, first=False))
-                self._late_claim_stands(claim, claimant)
+                self._late_claim_stands(claim, claimant, sent=True)
             elif holders or self._forgotten.get(records[-1].key) == claimant:
                 # It went elsewhere, or the replica failed and was forgotten meanwhile: a late
                 # claim must not bring it back. Where it went holds the prefixes instead (its
@@ -398,24 +404,25 @@ class RedisPrefixStore(PrefixStore):
                         self._record_call(records, holder, first=False, counted_in=counted_in)
                     )
                 if not holders:  # a retry not yet sent takes the claim over
-                    self._late_claim_stands(claim, claimant)
+                    self._late_claim_stands(claim, claimant, sent=True)
             else:
                 # The request has not been sent yet (it waits for its rate limit, or the
                 # answer came just before its dispatch): its dispatch confirms the claim, or
                 # takes it over if it goes elsewhere (``record``), or the claim lapses.
-                self._late_claim_stands(claim, claimant)
+                self._late_claim_stands(claim, claimant, sent=False)
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
             if not self.local.holders(prefix):  # what this process learnt since is newer
                 self.local.replace(prefix, remote.holders)
 
-    def _late_claim_stands(self, claim: Claim, claimant: str) -> None:
+    def _late_claim_stands(self, claim: Claim, claimant: str, *, sent: bool) -> None:
         """Until the claim's time is up, the first placement of exactly its prefixes (its
-        request's dispatch, or a retry's) settles it (``record``)."""
+        request's dispatch, or, ``sent`` already, a retry's) settles it (``record``)."""
         late = self._late_claims
         records = claim.records
         keys = tuple(p.key for p in records)
-        late[keys] = (claimant, claim.pool, self._clock() + claim.ttl(records[-1]))
+        deadline = self._clock() + claim.ttl(records[-1])
+        late[keys] = _LateClaim(claimant, claim.pool, deadline, sent)
         late.move_to_end(keys)
         if len(late) > _FORGOTTEN:
             late.popitem(last=False)
@@ -435,22 +442,29 @@ class RedisPrefixStore(PrefixStore):
             # for, whose answer came after its request stopped waiting: that request, placed
             # now. Elsewhere, this replica holds the prefixes, and counts them, instead of
             # the claimed one.
-            claimant, pool = late
-            if claimant != replica and not self.down:
-                self._remove(prefixes, claimant, pool)
-                counted_in = pool
+            if late.claimant != replica and not self.down:
+                self._remove(prefixes, late.claimant, late.pool)
+                counted_in = late.pool
             first = False
         if prefixes and not self.down:
             self._write(self._record_call(prefixes, replica, first=first, counted_in=counted_in))
 
-    def _late_claim(self, prefixes: Sequence[Prefix]) -> tuple[str, str] | None:
-        """The replica and pool of the late claim made for exactly ``prefixes`` that still
-        stands, taken out."""
+    def _late_claim(self, prefixes: Sequence[Prefix]) -> _LateClaim | None:
+        """The late claim made for exactly ``prefixes`` that still stands and that their
+        first placement settles, taken out. One whose request was sent already is settled
+        only by a retry: once its replica failed here (another request's first placement of
+        the same prefixes must not take it from a replica that holds them)."""
         late, now = self._late_claims, self._clock()
-        while late and next(iter(late.values()))[2] <= now:  # the oldest first: lapsed
+        while late and next(iter(late.values())).deadline <= now:  # the oldest first: lapsed
             late.popitem(last=False)
-        taken = late.pop(tuple(p.key for p in prefixes), None)
-        return None if taken is None else (taken[0], taken[1])
+        keys = tuple(p.key for p in prefixes)
+        found = late.get(keys)
+        if found is None or (
+            found.sent and self._forgotten.get(prefixes[-1].key) != found.claimant
+        ):
+            return None
+        del late[keys]
+        return found
 
     def forget(
         self, prefixes: Sequence[Prefix], replica: str, *, counted_in: str | None = None
