@@ -39,11 +39,13 @@ from router.store import (
     CLAIM_TTL,
     PLACEMENT_KEPT,
     RECENCY_TTL,
+    TURN,
     Claim,
     Found,
     Lookup,
     MemoryPrefixStore,
     PrefixStore,
+    placement_name,
 )
 
 log = logging.getLogger(__name__)
@@ -58,22 +60,23 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # last new prefix (field: the replica), and the last number given (field: '', never an id).
 # ARGV[1]: n; ARGV[2]: m; ARGV[3]: the start of the names of the pool's per-replica sorted
 # sets of placements (the name is that and the replica id; '' only without a claim: none
-# renewed), whose members name placements (the key of a ``Claim.tree``, as KEYS name the
-# looked-up prefixes) and whose scores are the times they stop counting; ARGV[4]: the
-# member naming this request's placement; ARGV[5]: its
-# whole TTL; ARGV[6]: its TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8..7+n]: the
-# looked-up keys' TTLs; ARGV[8+n..7+n+m]: the claim's TTLs; ARGV[8+n+m]: the slack;
-# ARGV[9+n+m]: the recent counts' window in seconds; ARGV[10+n+m]: the proposing router's
-# id; ARGV[11+n+m]: the placement order's TTL; ARGV[12+n+m]: the count slack; then pairs of
+# renewed), whose members name placements (``placement_name`` of a ``Claim.tree``'s key as
+# KEYS name the looked-up prefixes) and whose scores are the times they stop counting;
+# ARGV[4]: the member naming this request's placement; ARGV[5]: its whole TTL; ARGV[6]: its
+# TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8]: the name a placement carried over from an
+# earlier turn takes ('' when the request carries none, ``Claim.carries``); ARGV[9..8+n]:
+# the looked-up keys' TTLs; ARGV[9+n..8+n+m]: the claim's TTLs; ARGV[9+n+m]: the slack;
+# ARGV[10+n+m]: the recent counts' window in seconds; ARGV[11+n+m]: the proposing router's
+# id; ARGV[12+n+m]: the placement order's TTL; ARGV[13+n+m]: the count slack; then pairs of
 # (replica, load as that router sees it, its own recent claims included), in rendezvous
 # order. The sorted sets' names are built here, not passed as keys: one per holder, and the
 # holders are known only here (the store does not support Redis Cluster).
 # Longest prefix first; refreshes the TTL of the hit and of every shorter prefix it holds,
-# and renews the placement on the holders it was placed on, carried over from a shorter
-# looked-up prefix where it is held under one (as _Trees.renew): {index, holders}. When
-# none has holders and there is a claim, picks as Proposal.pick does (with ``trees``: the
-# placements counting, as _Trees.count), the other routers' recent claims added to the
-# loads, counts the pick, and records it: {0, {replica}}.
+# and renews the placement on the holders it was placed on, or carries an earlier turn's
+# over (as _Trees.renew and _PoolPlacements.renew): {index, holders}. When none has holders
+# and there is a claim, picks as Proposal.pick does (with ``trees``: the placements
+# counting, as _Trees.count), the other routers' recent claims added to the loads, counts
+# the pick, and records it: {0, {replica}}.
 _LOOKUP_LUA = """
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
@@ -90,7 +93,7 @@ end
 for i = n, 1, -1 do
   local holders = redis.call('SMEMBERS', KEYS[i])
   if #holders > 0 then
-    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j + 7]) end
+    for j = i, 1, -1 do redis.call('EXPIRE', KEYS[j], ARGV[j + 8]) end
     if trees ~= '' then
       local ttl = tonumber(ARGV[5])
       local now = clock()
@@ -99,17 +102,24 @@ for i = n, 1, -1 do
         if at and at > now - kept then return at end
         return nil
       end
+      local carry = ARGV[8]
+      for j = 1, i - 1 do
+        if KEYS[j] .. '|turn' == carry then carry = '' break end
+      end
       for _, holder in ipairs(holders) do
         local tree = trees .. holder
-        local until_ = held(tree, ARGV[4])
-        if until_ == nil then
+        local member = ARGV[4]
+        local until_ = held(tree, member)
+        if until_ == nil and carry ~= '' then
           for j = i, 1, -1 do
-            if KEYS[j] ~= ARGV[4] then
-              until_ = held(tree, KEYS[j])
+            local earlier = KEYS[j] .. '|turn'
+            if earlier ~= member then
+              until_ = held(tree, earlier)
               if until_ then
-                redis.call('ZREM', tree, KEYS[j])
-                if until_ >= now + ttl / 2 then
-                  redis.call('ZADD', tree, until_, ARGV[4])
+                redis.call('ZREM', tree, earlier)
+                member = carry
+                if until_ >= now + ttl / 2 and held(tree, member) == nil then
+                  redis.call('ZADD', tree, until_, member)
                   keep(tree)
                 end
                 break
@@ -118,7 +128,7 @@ for i = n, 1, -1 do
           end
         end
         if until_ and until_ < now + ttl / 2 then
-          redis.call('ZADD', tree, now + ttl, ARGV[4])
+          redis.call('ZADD', tree, now + ttl, member)
           keep(tree)
         end
       end
@@ -129,10 +139,10 @@ end
 if m == 0 then return false end
 local recent = KEYS[n + m + 1]
 local order = KEYS[n + m + 2]
-local me = '|' .. ARGV[n + m + 10]
+local me = '|' .. ARGV[n + m + 11]
 local now = clock()
 local names, scores, held, lightest = {}, {}, {}, nil
-for j = n + m + 13, #ARGV, 2 do
+for j = n + m + 14, #ARGV, 2 do
   local k = #names + 1
   local counts = redis.call('HMGET', recent, ARGV[j], ARGV[j] .. me)
   local others = (tonumber(counts[1]) or 0) - (tonumber(counts[2]) or 0)
@@ -143,8 +153,8 @@ for j = n + m + 13, #ARGV, 2 do
   held[k] = redis.call('ZCOUNT', trees .. ARGV[j], string.format('(%.17g', now), '+inf')
   if lightest == nil or score < lightest then lightest = score end
 end
-local slack = tonumber(ARGV[n + m + 8])
-local limit = lightest + math.max(tonumber(ARGV[n + m + 12]), slack)
+local slack = tonumber(ARGV[n + m + 9])
+local limit = lightest + math.max(tonumber(ARGV[n + m + 13]), slack)
 local fewest = nil
 for k = 1, #names do
   if scores[k] <= limit and (fewest == nil or held[k] < fewest) then fewest = held[k] end
@@ -174,16 +184,16 @@ if #tied > 1 then
   end
 end
 redis.call('HSET', order, chosen, redis.call('HINCRBY', order, '', 1))
-redis.call('EXPIRE', order, ARGV[n + m + 11])
+redis.call('EXPIRE', order, ARGV[n + m + 12])
 redis.call('ZADD', trees .. chosen, now + tonumber(ARGV[6]), ARGV[4])
 keep(trees .. chosen)
 redis.call('HINCRBY', recent, chosen, 1)
 redis.call('HINCRBY', recent, chosen .. me, 1)
-if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 9]) end
+if redis.call('TTL', recent) < 0 then redis.call('EXPIRE', recent, ARGV[n + m + 10]) end
 for i = n + 1, n + m do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], chosen)
-    redis.call('EXPIRE', KEYS[i], ARGV[i + 7])
+    redis.call('EXPIRE', KEYS[i], ARGV[i + 8])
   end
 end
 return {0, {chosen}}
@@ -345,12 +355,15 @@ class RedisPrefixStore(PrefixStore):
         it recorded so recently that the write may still be on its way is put back by
         ``lookup``). A known prefix also spares the request a second ranking."""
         keys = [self.key(p.key) for p in prefixes]
-        args: list[Any] = [len(prefixes), 0, "", "", 0, 0, PLACEMENT_KEPT]
+        args: list[Any] = [len(prefixes), 0, "", "", 0, 0, PLACEMENT_KEPT, ""]
         args += [p.ttl for p in prefixes]
         if claim is None:
             return keys, args, None
         tree = claim.tree
-        args[2:6] = [self._trees(claim.pool), self.key(tree.key), tree.ttl, claim.ttl(tree)]
+        member = placement_name(self.key(tree.key), tree)
+        args[2:6] = [self._trees(claim.pool), member, tree.ttl, claim.ttl(tree)]
+        if claim.carries:
+            args[7] = self.key(tree.key) + TURN
         if self.local.get(prefixes) is not None:
             return keys, args, None
         proposal = claim.propose()
@@ -489,7 +502,7 @@ class RedisPrefixStore(PrefixStore):
             for key in keys:
                 pipe.srem(key, replica)
             if trees is not None:
-                pipe.zrem(trees, *keys)
+                pipe.zrem(trees, *keys, *(key + TURN for key in keys))
 
         self._write(remove)
 
@@ -506,7 +519,8 @@ class RedisPrefixStore(PrefixStore):
         if counted_in is not None:
             tree = prefixes[0]
             trees = self._trees(counted_in) + replica
-            args[2:6] = [trees, keys[0], min(tree.ttl, CLAIM_TTL), tree.ttl + PLACEMENT_KEPT]
+            member = placement_name(keys[0], tree)
+            args[2:6] = [trees, member, min(tree.ttl, CLAIM_TTL), tree.ttl + PLACEMENT_KEPT]
         args += [p.ttl for p in prefixes]
         sha = self._record_script.sha
         return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)

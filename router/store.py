@@ -55,6 +55,17 @@ RECENCY_TTL = 10
 # Seconds a placement that stopped counting against its replica is kept for a lookup that
 # finds its prefix again to renew (a claim counts for CLAIM_TTL only until then).
 PLACEMENT_KEPT = 300
+# The end of a placement's name when the prefix naming it ends its request's prompt
+# (``Prefix.ends``: a conversation's latest turn). A later turn of the conversation, which
+# names its placement by a longer prefix of its own, carries such a placement over
+# (``_Trees.renew``), and never one named by a prefix that other requests share and extend.
+TURN = "|turn"
+
+
+def placement_name(name: str, tree: Prefix) -> str:
+    """The name of the placement named by ``tree``, from ``name`` (its key, or its key in
+    a Redis store)."""
+    return name + TURN if tree.ends else name
 
 
 class StoreUnavailable(Exception):
@@ -158,8 +169,18 @@ class Claim:
         counts for ``ttl`` once placed, and is renewed for its whole TTL by a lookup that
         finds the prefixes again with less than half of that left. A conversation marked
         anew each turn has a new one each turn: the lookup carries the placement over from
-        the earlier turn's (``_Trees.renew``)."""
+        the earlier turn's (``carries``)."""
         return self.records[0]
+
+    @property
+    def carries(self) -> bool:
+        """Whether a lookup that finds an earlier turn of the request's conversation, and
+        its placement, carries that placement over to ``tree``: the request records a
+        prefix that ends its prompt (a client marking the latest turn, or the top level),
+        which the next turn will extend. Only placements whose prefix ended its prompt
+        (``TURN``) are carried over, and only to a tree beyond the shorter prefixes found,
+        so a shared system prompt's placement stays its own."""
+        return self.records[-1].ends
 
 
 class PrefixStore(ABC):
@@ -271,20 +292,25 @@ class _Trees:
         self.expires.pop(key, None)
         self.counting.discard(key)
 
-    def renew(self, key: str, ttl: float, now: float, earlier: Sequence[str] = ()) -> None:
+    def renew(
+        self, key: str, ttl: float, now: float, carry: str | None, earlier: Sequence[str]
+    ) -> None:
         """Count ``key``, if held, for ``ttl`` from now; not while more than half of that
-        is left, so a hot prefix does not add an entry per hit. A placement not held under
-        ``key`` but under one of ``earlier`` (the request's shorter prefixes, longest first:
-        an earlier turn's, whose client marks each turn anew) is carried over to ``key``
-        first, so that the next turn, which extends this one, finds it."""
+        is left, so a hot prefix does not add an entry per hit. With ``carry``, a placement
+        not held under ``key`` but under one of ``earlier`` (an earlier turn's, longest
+        first) is carried over to ``carry`` first, as it stands (unless ``carry`` is held
+        already), so that the next turn, which extends this one, finds it."""
         self.count(now)
         old = self.expires.get(key)
         if old is None:
+            if carry is None:
+                return
             carried = next((k for k in earlier if k != key and k in self.expires), None)
             if carried is None:
                 return
             old = self.expires[carried]
             self.drop(carried)
+            key = carry
         if old < now + ttl / 2:
             self.set(key, now + ttl, now)
         elif key not in self.expires:  # carried over as it stands
@@ -313,18 +339,24 @@ class _PoolPlacements:
         """Count the placement named by ``tree`` against ``replica`` as a claim does."""
         if (held := self.trees.get(replica)) is None:
             held = self.trees[replica] = _Trees()
-        held.set(tree.key, now + min(tree.ttl, CLAIM_TTL), now)
+        held.set(placement_name(tree.key, tree), now + min(tree.ttl, CLAIM_TTL), now)
 
     def renew(
-        self, holders: Sequence[str], tree: Prefix, found: Sequence[Prefix], now: float
+        self, holders: Sequence[str], claim: Claim, found: Sequence[Prefix], now: float
     ) -> None:
-        """The placement named by ``tree`` was found again on ``holders`` (``found``: the
-        looked-up prefixes up to the one found): renewed on those of them it was placed on
-        (``_Trees.renew``)."""
-        earlier = [p.key for p in reversed(found)]
+        """The prefixes of ``claim`` were found again on ``holders`` (``found``: the
+        looked-up prefixes up to the one found): its placement is renewed on those of them
+        it was placed on, or an earlier turn's carried over (``Claim.carries``)."""
+        tree = claim.tree
+        carry: str | None = None
+        earlier: list[str] = []
+        if claim.carries and all(p.key != tree.key for p in found[:-1]):
+            carry = tree.key + TURN
+            earlier = [p.key + TURN for p in reversed(found)]
+        name = placement_name(tree.key, tree)
         for holder in holders:
             if (held := self.trees.get(holder)) is not None:
-                held.renew(tree.key, tree.ttl, now, earlier)
+                held.renew(name, tree.ttl, now, carry, earlier)
 
 
 class MemoryPrefixStore(PrefixStore):
@@ -391,7 +423,7 @@ class MemoryPrefixStore(PrefixStore):
             pools = self._pools
             if pools is not None and (placements := pools.get(claim.pool)) is not None:
                 held = prefixes[: found.index + 1]
-                placements.renew(found.holders, claim.tree, held, self._clock())
+                placements.renew(found.holders, claim, held, self._clock())
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
         proposal = claim.propose()
@@ -470,6 +502,7 @@ class MemoryPrefixStore(PrefixStore):
         if (held := self._trees(counted_in, replica)) is not None:
             for prefix in prefixes:
                 held.drop(prefix.key)
+                held.drop(prefix.key + TURN)
 
     def _trees(self, pool: str | None, replica: str) -> _Trees | None:
         """The placements counted against ``replica`` in ``pool``, if this index keeps any."""

@@ -51,6 +51,18 @@ def test_the_next_turn_looks_up_what_the_previous_turn_recorded(style: str) -> N
         assert after.records[-1].tokens > before.records[-1].tokens
 
 
+@pytest.mark.parametrize(
+    ("style", "ends"), [("top-level", True), ("newest", True), ("system", False), ("none", False)]
+)
+def test_a_breakpoint_on_the_prompts_last_block_ends_it(style: str, ends: bool) -> None:
+    """A conversation marked on its latest turn records a prefix that ends the prompt (the
+    next turn extends it); a marked system prompt, shared by the requests that follow it,
+    and automatic prefixes do not."""
+    chain = build_chain(conversation(3, style), NS)
+    assert [p.ends for p in chain.records][-1:] == [ends]
+    assert not any(p.ends for p in chain.records[:-1])
+
+
 def test_a_marked_system_prompt_is_the_same_prefix_every_turn() -> None:
     keys = {build_chain(conversation(turns, "system"), NS).records[-1].key for turns in (1, 4)}
     assert len(keys) == 1
@@ -72,7 +84,7 @@ def test_lookback_reaches_twenty_blocks_before_a_breakpoint() -> None:
     chain = build_chain({"model": "m", "messages": [{"role": "user", "content": parts}]}, NS)
     assert len(chain.lookups) == LOOKBACK_BLOCKS + 1
     assert [p.tokens for p in chain.lookups] == sorted(p.tokens for p in chain.lookups)
-    assert chain.records == [chain.lookups[-1]]
+    assert chain.records == [chain.lookups[-1]] and chain.records[0].ends
 
 
 def test_automatic_prefixes_need_the_minimum_and_can_be_turned_off() -> None:

@@ -25,6 +25,7 @@ from router.store import (
     CLAIM_TTL,
     PLACEMENT_KEPT,
     RECENCY_TTL,
+    TURN,
     Claim,
     MemoryPrefixStore,
     PrefixStore,
@@ -599,16 +600,21 @@ async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
         assert (await one.placer.place(one.pool, chain("after"))).claimed == "r1"
 
 
-def turn(name: str, k: int, ttl: int = 300) -> PrefixChain:
-    """Turn ``k`` of a conversation whose client marks its newest user message: it looks up
-    every earlier turn's prefix and records only its own."""
-    prefixes = [Prefix(f"{name}-{n}", ttl, 2000 + 100 * n) for n in range(1, k + 1)]
-    return PrefixChain(prefixes, prefixes[-1:], marked=True)
+def conversation_turn(name: str, k: int, *, marks: int = 1) -> PrefixChain:
+    """Turn ``k`` of a conversation whose client marks its ``marks`` newest user messages
+    (Anthropic's recipe marks one or two): it looks up every earlier turn's prefix and
+    records the marked ones, the newest ending the prompt."""
+    prefixes = [Prefix(f"{name}-{n}", 300, 2000 + 100 * n) for n in range(1, k + 1)]
+    *older, newest = prefixes[-marks:]
+    return PrefixChain(
+        prefixes, [*older, Prefix(newest.key, 300, newest.tokens, ends=True)], marked=True
+    )
 
 
+@pytest.mark.parametrize("marks", [1, 2])
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_conversation_marked_anew_each_turn_keeps_its_placement_counted(
-    backend: str, shared: list[RedisPrefixStore]
+    backend: str, marks: int, shared: list[RedisPrefixStore]
 ) -> None:
     """Each turn records a prefix of its own, so the placement is named by turn 1's prefix
     when a lookup first finds the conversation again: it is carried over to each turn's,
@@ -617,6 +623,10 @@ async def test_a_conversation_marked_anew_each_turn_keeps_its_placement_counted(
     store: PrefixStore = MemoryPrefixStore(clock=clock) if backend == "memory" else shared[0]
     one = router(store, 0, 1, count_slack=2.0)  # r0 is the lighter
     r0 = one.pool.replicas[0]
+
+    def turn(name: str, k: int) -> PrefixChain:
+        return conversation_turn(name, k, marks=marks)
+
     first = await one.placer.place(one.pool, turn("talk", 1))
     assert first.claimed == "r0"
     one.placer.dispatched(first, r0)
@@ -627,7 +637,7 @@ async def test_a_conversation_marked_anew_each_turn_keeps_its_placement_counted(
     else:
         redis = shared[0].redis
         then = float((await redis.time())[0]) - 1
-        member = shared[0].key(turn("talk", 1).records[0].key)
+        member = shared[0].key(turn("talk", 1).records[0].key) + TURN
         assert await redis.zadd("claim:trees:4:pool:r0", {member: then}, xx=True) == 0
         assert await redis.zscore("claim:trees:4:pool:r0", member) == then
     for k in (2, 3, 4):
@@ -642,35 +652,72 @@ async def test_a_conversation_marked_anew_each_turn_keeps_its_placement_counted(
     if backend == "redis":
         now = float((await shared[0].redis.time())[0])
         counting = await shared[0].redis.zrangebyscore("claim:trees:4:pool:r0", now, "+inf")
-        talk = shared[0].key(turn("talk", 4).records[0].key).encode()
+        talk = (shared[0].key(turn("talk", 4).records[0].key) + TURN).encode()
         assert sorted(counting) == sorted([talk, shared[0].key("new-b-system").encode()])
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_conversation_leaves_a_shared_system_prompts_placement_alone(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """One client marks only a system prompt its requests share; another marks the latest
+    turn of a conversation that starts with it. The conversation finds the system prompt,
+    but does not take its placement over: that stays the system prompt's, for the requests
+    that share it to renew."""
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    one = router(store, 0, 1)
+    r0 = one.pool.replicas[0]
+    system = Prefix("shared-system", 300, 2000)
+    question = await one.placer.place(one.pool, PrefixChain([system], [system], marked=True))
+    assert question.claimed == "r0"
+    one.placer.dispatched(question, r0)
+    latest = Prefix("conversation-1", 300, 2100)
+    talk = PrefixChain([system, latest], [Prefix(latest.key, 300, 2100, ends=True)], marked=True)
+    found = await one.placer.place(one.pool, talk)
+    assert found.found is not None and found.found.holders == ("r0",)
+    one.placer.dispatched(found, r0)
+    await store.flush()
+    if isinstance(store, MemoryPrefixStore):
+        held = set(store._pools["pool"].trees["r0"].expires)  # type: ignore[index]
+    else:
+        named: list[bytes] = await shared[0].redis.zrange("claim:trees:4:pool:r0", 0, -1)  # type: ignore[assignment]
+        held = {member.decode().removeprefix("claim:px:") for member in named}
+    assert held == {"shared-system"}
 
 
 async def test_the_lookup_script_renews_as_the_index_in_process_does(
     shared: list[RedisPrefixStore],
 ) -> None:
     """Renewal lives twice too: random placements (counting with more or less than half
-    their TTL left, stopped but kept, gone) under the request's tree, its looked-up prefixes
-    or neither, on random holders; both stores leave the same placements behind."""
+    their TTL left, stopped but kept, gone; named by a prefix that ended its prompt or not)
+    under the request's tree, its looked-up prefixes or neither, on random holders, for
+    requests that carry an earlier turn's placement over or not; both stores leave the same
+    placements behind."""
     draw = random.Random("renew")
     store = shared[0]
     redis = store.redis
     offsets = (250.0, 100.0, -10.0, -PLACEMENT_KEPT - 10.0)
-    for case in range(80):
+    for case in range(400):
         name = f"renew-{case}"
         lookups = [Prefix(f"{name}-{j}", 300, 1000 + j) for j in range(draw.randint(1, 5))]
         found_at = draw.randrange(len(lookups))
         tree_at = draw.randrange(len(lookups) + 1)
-        tree = lookups[tree_at] if tree_at < len(lookups) else Prefix(f"{name}-new", 300, 9000)
-        names = sorted({p.key for p in lookups} | {tree.key, f"{name}-other"})
+        key = lookups[tree_at].key if tree_at < len(lookups) else f"{name}-new"
+        carries = draw.random() < 0.7
+        if draw.random() < 0.5:  # marked on its latest turn (or its system prompt only)
+            records = [Prefix(key, 300, 9000, ends=carries)]
+        else:  # marked on its last two turns (or its system prompt and its latest turn)
+            records = [Prefix(key, 300, 9000), Prefix(f"{name}-last", 300, 9500, ends=carries)]
+        keys = {p.key for p in lookups} | {key, f"{name}-other"}
+        names = sorted(keys | {k + TURN for k in keys})
         state = {
             holder: {
                 key: draw.choice(offsets)
-                for key in draw.sample(names, draw.randint(0, min(3, len(names))))
+                for key in draw.sample(names, draw.randint(0, min(4, len(names))))
             }
             for holder in draw.sample(["r0", "r1", "r2"], draw.randint(1, 3))
         }
-        claim = Claim("pool", [tree], fixed(Proposal([("r0", 0.0)], 0.0)))
+        claim = Claim("pool", records, fixed(Proposal([("r0", 0.0)], 0.0)))
 
         clock = Clock()
         memory = MemoryPrefixStore(clock=clock)
