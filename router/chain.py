@@ -51,9 +51,9 @@ class Prefix:
     key: str
     ttl: int
     tokens: int
-    # A recorded breakpoint on the prompt's last block: a conversation's latest turn, which
-    # its next turn extends (``Claim.carries``).
-    ends: bool = field(default=False, compare=False)
+    # A recorded breakpoint on a conversation's turn (a message other than the system prompt,
+    # not a tool), which its next turns extend (``Claim.carries``).
+    turn: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +93,14 @@ def build_chain(
     found = find_markers(body) if markers is None else markers
     ttls = marked_ttls(found)
     if ttls:
-        return _marked(body, ttls, found.blocks, namespace, min_tokens)
+        return _marked(body, ttls, found.turns, namespace, min_tokens)
     if not automatic:
         return NO_PREFIX
     return _automatic(body, namespace, max(min_tokens, automatic_min_tokens))
 
 
 def _marked(
-    body: dict[str, Any], ttls: dict[int, int], blocks: int, namespace: str, minimum: int
+    body: dict[str, Any], ttls: dict[int, int], turns: frozenset[int], namespace: str, minimum: int
 ) -> PrefixChain:
     wanted: dict[int, int] = {}
     for index, ttl in sorted(ttls.items()):
@@ -110,7 +110,7 @@ def _marked(
     by_position = _hash_blocks(body, namespace, wanted)
     lookups = [by_position[i] for i in sorted(by_position) if by_position[i].tokens >= minimum]
     records = [
-        Prefix(by_position[i].key, ttl, by_position[i].tokens, ends=i == blocks - 1)
+        Prefix(by_position[i].key, ttl, by_position[i].tokens, turn=i in turns)
         for i, ttl in sorted(ttls.items())
         if by_position[i].tokens >= minimum
     ]

@@ -20,6 +20,10 @@ TTL_SECONDS = {"5m": 300, "1h": 3600}
 BYTES_PER_TOKEN = 4  # the usual estimate for English text and JSON; the router has no tokenizer
 
 
+# Roles whose messages are the prompt's fixed head, not turns of a conversation.
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """One block of the prompt, as a model sees it; hashed only when the chain needs it."""
@@ -37,6 +41,9 @@ class Markers:
     keys: int  # cache_control keys at the places the router reads (null ones included)
     top_level: Any  # the request's own cache_control (automatic mode), if any
     messages: tuple[int, ...] = ()  # the messages holding a key (on them or on a part)
+    # The blocks of ``at`` (and the last, in automatic mode) that belong to a conversation's
+    # turns: messages other than the system prompt (``system``, ``developer``) and tools.
+    turns: frozenset[int] = frozenset()
 
 
 def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Markers:
@@ -59,6 +66,7 @@ def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Marker
     # `block + i + shift`, where shift sums what the earlier others add beyond one block.
     shift = 0
     holders: list[int] = []
+    turns: set[int] = set()
     for i in found.others:
         message = messages[i]
         if not isinstance(message, dict):
@@ -71,15 +79,22 @@ def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Marker
         ):
             continue  # a turn with extra fields (name, tool_call_id): one block, no marker
         else:
-            count, held = _message_markers(i, message, block + i + shift, at)
+            first = block + i + shift
+            count, held = _message_markers(i, message, first, at)
             shift += count - 1
             if held:
                 keys += held
                 holders.append(i)
+                if message.get("role") not in _SYSTEM_ROLES:
+                    turns.update(p for p in range(first, first + count) if p in at)
+    blocks = block + len(messages) + shift
     top_level = body.get("cache_control")
     if "cache_control" in body:
         keys += 1
-    return Markers(at, block + len(messages) + shift, keys, top_level, tuple(holders))
+        last = messages[-1] if messages else None
+        if isinstance(last, dict) and last.get("role") not in _SYSTEM_ROLES:
+            turns.add(blocks - 1)
+    return Markers(at, blocks, keys, top_level, tuple(holders), frozenset(turns))
 
 
 def _message_markers(

@@ -118,7 +118,8 @@ for i = n, 1, -1 do
               if until_ then
                 redis.call('ZREM', tree, earlier)
                 member = carry
-                if until_ >= now + ttl / 2 and held(tree, member) == nil then
+                local present = held(tree, member)
+                if until_ >= now + ttl / 2 and (present == nil or present < until_) then
                   redis.call('ZADD', tree, until_, member)
                   keep(tree)
                 end
@@ -449,6 +450,11 @@ class RedisPrefixStore(PrefixStore):
         counted_in: str | None = None,
     ) -> None:
         self.local.record(prefixes, replica, first=first)
+        forgotten = self._forgotten
+        if forgotten:  # the replica holds them again: no longer the one they were lost from
+            for prefix in prefixes:
+                if forgotten.get(prefix.key) == replica:
+                    del forgotten[prefix.key]
         late = self._late_claim(prefixes) if first and self._late_claims else None
         if late is not None:
             # The first placement of exactly the prefixes a claim of this process was made

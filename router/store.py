@@ -55,17 +55,17 @@ RECENCY_TTL = 10
 # Seconds a placement that stopped counting against its replica is kept for a lookup that
 # finds its prefix again to renew (a claim counts for CLAIM_TTL only until then).
 PLACEMENT_KEPT = 300
-# The end of a placement's name when the prefix naming it ends its request's prompt
-# (``Prefix.ends``: a conversation's latest turn). A later turn of the conversation, which
-# names its placement by a longer prefix of its own, carries such a placement over
-# (``_Trees.renew``), and never one named by a prefix that other requests share and extend.
+# The end of a placement's name when the prefix naming it is a conversation's turn
+# (``Prefix.turn``). A later turn of the conversation, which names its placement by a longer
+# prefix of its own, carries such a placement over (``_Trees.renew``), and never one named by
+# a system prompt or tools that other requests share and extend.
 TURN = "|turn"
 
 
 def placement_name(name: str, tree: Prefix) -> str:
     """The name of the placement named by ``tree``, from ``name`` (its key, or its key in
     a Redis store)."""
-    return name + TURN if tree.ends else name
+    return name + TURN if tree.turn else name
 
 
 class StoreUnavailable(Exception):
@@ -175,12 +175,11 @@ class Claim:
     @property
     def carries(self) -> bool:
         """Whether a lookup that finds an earlier turn of the request's conversation, and
-        its placement, carries that placement over to ``tree``: the request records a
-        prefix that ends its prompt (a client marking the latest turn, or the top level),
-        which the next turn will extend. Only placements whose prefix ended its prompt
-        (``TURN``) are carried over, and only to a tree beyond the shorter prefixes found,
-        so a shared system prompt's placement stays its own."""
-        return self.records[-1].ends
+        its placement, carries that placement over to ``tree``: the request's last
+        breakpoint is on a turn (a client marking its latest turns, or the top level). Only
+        placements named by a turn (``TURN``) are carried over, and only to a tree beyond
+        the shorter prefixes found, so a shared system prompt's placement stays its own."""
+        return self.records[-1].turn
 
 
 class PrefixStore(ABC):
@@ -299,7 +298,7 @@ class _Trees:
         is left, so a hot prefix does not add an entry per hit. With ``carry``, a placement
         not held under ``key`` but under one of ``earlier`` (an earlier turn's, longest
         first) is carried over to ``carry`` first, as it stands (unless ``carry`` is held
-        already), so that the next turn, which extends this one, finds it."""
+        until later already), so that the next turn, which extends this one, finds it."""
         self.count(now)
         old = self.expires.get(key)
         if old is None:
@@ -313,7 +312,7 @@ class _Trees:
             key = carry
         if old < now + ttl / 2:
             self.set(key, now + ttl, now)
-        elif key not in self.expires:  # carried over as it stands
+        elif self.expires.get(key, old - 1) < old:  # carried over as it stands
             self.set(key, old, now)
 
 

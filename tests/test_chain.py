@@ -52,15 +52,34 @@ def test_the_next_turn_looks_up_what_the_previous_turn_recorded(style: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("style", "ends"), [("top-level", True), ("newest", True), ("system", False), ("none", False)]
+    ("style", "turns"),
+    [("top-level", [True]), ("newest", [True]), ("system", [False]), ("none", [False])],
 )
-def test_a_breakpoint_on_the_prompts_last_block_ends_it(style: str, ends: bool) -> None:
-    """A conversation marked on its latest turn records a prefix that ends the prompt (the
-    next turn extends it); a marked system prompt, shared by the requests that follow it,
-    and automatic prefixes do not."""
+def test_a_breakpoint_on_a_conversations_turn_is_a_turn(style: str, turns: list[bool]) -> None:
+    """A conversation marked on its latest turn records a turn (the next turns extend it);
+    a marked system prompt, shared by the requests that follow it, and automatic prefixes
+    do not."""
     chain = build_chain(conversation(3, style), NS)
-    assert [p.ends for p in chain.records][-1:] == [ends]
-    assert not any(p.ends for p in chain.records[:-1])
+    assert [p.turn for p in chain.records][-1:] == turns
+
+
+def test_turns_are_the_messages_after_the_system_prompt_and_tools() -> None:
+    """Tools and the system (or developer) prompt are what requests share; every other
+    marked message is a turn, also when an assistant prefill follows the newest one, and
+    both of the two newest when the client marks two."""
+    body: dict[str, Any] = {
+        "model": "m",
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": EPHEMERAL}],
+        "messages": [
+            {"role": "developer", "content": text(LONG, marked=True)},
+            {"role": "user", "content": text("question 0 " + LONG, marked=True)},
+            {"role": "assistant", "content": "answer 0"},
+            {"role": "user", "content": text("question 1", marked=True)},
+            {"role": "assistant", "content": "The answer is"},  # a prefill
+        ],
+    }
+    chain = build_chain(body, NS)
+    assert [p.turn for p in chain.records] == [False, False, True, True]
 
 
 def test_a_marked_system_prompt_is_the_same_prefix_every_turn() -> None:
@@ -84,7 +103,7 @@ def test_lookback_reaches_twenty_blocks_before_a_breakpoint() -> None:
     chain = build_chain({"model": "m", "messages": [{"role": "user", "content": parts}]}, NS)
     assert len(chain.lookups) == LOOKBACK_BLOCKS + 1
     assert [p.tokens for p in chain.lookups] == sorted(p.tokens for p in chain.lookups)
-    assert chain.records == [chain.lookups[-1]] and chain.records[0].ends
+    assert chain.records == [chain.lookups[-1]] and chain.records[0].turn
 
 
 def test_automatic_prefixes_need_the_minimum_and_can_be_turned_off() -> None:

@@ -32,6 +32,7 @@ from router.store import (
     Proposal,
     _PoolPlacements,
     _Trees,
+    placement_name,
 )
 
 from .conftest import RedisServer, redis_clients
@@ -85,10 +86,13 @@ class Clock:
         return self.now
 
 
-def chain(name: str, ttl: int = 300) -> PrefixChain:
+def chain(name: str, ttl: int = 300, *, turns: bool = False) -> PrefixChain:
+    """A request marked on its system prompt and its latest turn; ``turns``: on its two
+    latest turns (its placement is then a conversation's, named ``...|turn``)."""
     system = Prefix(f"{name}-system", ttl, 2000)
     turn = Prefix(f"{name}-turn", ttl, 2100)
-    return PrefixChain([system, turn], [system, turn], marked=True)
+    records = [Prefix(system.key, ttl, 2000, turn=turns), Prefix(turn.key, ttl, 2100, turn=True)]
+    return PrefixChain([system, turn], records, marked=True)
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -335,11 +339,11 @@ async def test_the_placement_order_is_forgotten_after_the_pools_last_claim() -> 
     assert await claim("forgotten-1", three) == "r1"
 
 
-async def give(store: PrefixStore, replica: str, *names: str) -> None:
+async def give(store: PrefixStore, replica: str, *names: str, turns: bool = False) -> None:
     """Claims that give ``replica`` a new prefix each, as a router placing them would."""
     only = Proposal([(replica, 0.0)], 0.0)
     for name in names:
-        request = chain(name)
+        request = chain(name, turns=turns)
         claim = Claim("pool", request.records, fixed(only))
         assert (await store.lookup(request.lookups, claim)).claimant
 
@@ -463,19 +467,22 @@ async def test_a_prefix_claimed_again_counts_once(
     assert (await one.placer.place(one.pool, chain("new"))).claimed == "r0"
 
 
+@pytest.mark.parametrize("turns", [False, True])
 @pytest.mark.parametrize("outcome", [Outcome.ERROR, Outcome.OK])
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_replica_that_loses_a_prefix_stops_counting_its_placement(
-    backend: str, outcome: Outcome, shared: list[RedisPrefixStore]
+    backend: str, outcome: Outcome, turns: bool, shared: list[RedisPrefixStore]
 ) -> None:
     """A replica that answers with an error, or reports a prefix evicted (a "hit" with no
     cached tokens), loses it from the index and from its count at once: the replica does
-    not hold it, so it must not be passed over for new prefixes as if it did."""
+    not hold it, so it must not be passed over for new prefixes as if it did. (``turns``:
+    the lost placement is a conversation's.)"""
     store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
-    await give(store, "r0", "kept", "lost")
+    await give(store, "r0", "kept")
+    await give(store, "r0", "lost", turns=turns)
     await give(store, "r1", "other")
     one = router(store, 0, 1, count_slack=2.0)  # r0 is the lighter, but holds two
-    lost = await one.placer.place(one.pool, chain("lost"))
+    lost = await one.placer.place(one.pool, chain("lost", turns=turns))
     assert lost.found is not None and lost.ranking.candidates[0].id == "r0"
     r0 = one.pool.replicas[0]
     one.placer.dispatched(lost, r0)
@@ -484,16 +491,18 @@ async def test_a_replica_that_loses_a_prefix_stops_counting_its_placement(
     assert (await one.placer.place(one.pool, chain("new"))).claimed == "r0"  # one each
 
 
+@pytest.mark.parametrize("turns", [False, True])
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_placement_passed_over_counts_where_it_went(
-    backend: str, shared: list[RedisPrefixStore]
+    backend: str, turns: bool, shared: list[RedisPrefixStore]
 ) -> None:
     """A claim whose replica was passed over at the dispatch (its breaker opened meanwhile)
-    counts where the request went instead, and is renewed there when found again."""
+    counts where the request went instead, and is renewed there when found again.
+    (``turns``: the placement is a conversation's.)"""
     clock = Clock()
     store: PrefixStore = MemoryPrefixStore(clock=clock) if backend == "memory" else shared[0]
     one = router(store, 1, 0, count_slack=2.0)  # r1 is the lighter
-    moved = chain("moved")
+    moved = chain("moved", turns=turns)
     placed = await one.placer.place(one.pool, moved)
     assert placed.claimed == "r1"
     one.placer.dispatched(placed, one.pool.replicas[0])
@@ -507,8 +516,10 @@ async def test_a_placement_passed_over_counts_where_it_went(
     else:  # as if the claim's 10 s were up in Redis too
         redis = shared[0].redis
         then = float((await redis.time())[0]) - 1
-        for replica, name in (("r0", "moved"), ("r1", "next")):
-            member = shared[0].key(chain(name).records[0].key)
+        for replica, member in (
+            ("r0", placement_name(shared[0].key(moved.records[0].key), moved.records[0])),
+            ("r1", shared[0].key(chain("next").records[0].key)),
+        ):
             assert await redis.zadd(f"claim:trees:4:pool:{replica}", {member: then}, xx=True) == 0
             assert await redis.zscore(f"claim:trees:4:pool:{replica}", member) == then
     again = await one.placer.place(one.pool, moved)
@@ -607,7 +618,7 @@ def conversation_turn(name: str, k: int, *, marks: int = 1) -> PrefixChain:
     prefixes = [Prefix(f"{name}-{n}", 300, 2000 + 100 * n) for n in range(1, k + 1)]
     *older, newest = prefixes[-marks:]
     return PrefixChain(
-        prefixes, [*older, Prefix(newest.key, 300, newest.tokens, ends=True)], marked=True
+        prefixes, [*older, Prefix(newest.key, 300, newest.tokens, turn=True)], marked=True
     )
 
 
@@ -672,7 +683,7 @@ async def test_a_conversation_leaves_a_shared_system_prompts_placement_alone(
     assert question.claimed == "r0"
     one.placer.dispatched(question, r0)
     latest = Prefix("conversation-1", 300, 2100)
-    talk = PrefixChain([system, latest], [Prefix(latest.key, 300, 2100, ends=True)], marked=True)
+    talk = PrefixChain([system, latest], [Prefix(latest.key, 300, 2100, turn=True)], marked=True)
     found = await one.placer.place(one.pool, talk)
     assert found.found is not None and found.found.holders == ("r0",)
     one.placer.dispatched(found, r0)
@@ -705,9 +716,9 @@ async def test_the_lookup_script_renews_as_the_index_in_process_does(
         key = lookups[tree_at].key if tree_at < len(lookups) else f"{name}-new"
         carries = draw.random() < 0.7
         if draw.random() < 0.5:  # marked on its latest turn (or its system prompt only)
-            records = [Prefix(key, 300, 9000, ends=carries)]
+            records = [Prefix(key, 300, 9000, turn=carries)]
         else:  # marked on its last two turns (or its system prompt and its latest turn)
-            records = [Prefix(key, 300, 9000), Prefix(f"{name}-last", 300, 9500, ends=carries)]
+            records = [Prefix(key, 300, 9000), Prefix(f"{name}-last", 300, 9500, turn=carries)]
         keys = {p.key for p in lookups} | {key, f"{name}-other"}
         names = sorted(keys | {k + TURN for k in keys})
         state = {
