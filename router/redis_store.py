@@ -64,7 +64,8 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # KEYS name the looked-up prefixes) and whose scores are the times they stop counting;
 # ARGV[4]: the member naming this request's placement; ARGV[5]: its whole TTL; ARGV[6]: its
 # TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8]: the name a placement carried over from an
-# earlier turn takes ('' when the request carries none, ``Claim.carries``); ARGV[9..8+n]:
+# earlier turn takes ('' when the request carries none, ``Claim.carries``; '|turn' below is
+# ``TURN``); ARGV[9..8+n]:
 # the looked-up keys' TTLs; ARGV[9+n..8+n+m]: the claim's TTLs; ARGV[9+n+m]: the slack;
 # ARGV[10+n+m]: the recent counts' window in seconds; ARGV[11+n+m]: the proposing router's
 # id; ARGV[12+n+m]: the placement order's TTL; ARGV[13+n+m]: the count slack; then pairs of
