@@ -52,7 +52,7 @@ class Prefix:
     ttl: int
     tokens: int
     # A recorded breakpoint on a conversation's turn (a message other than the system prompt,
-    # not a tool), which its next turns extend (``Claim.carries``).
+    # not a tool definition), which its next turns extend (``Claim.carries``).
     turn: bool = field(default=False, compare=False)
 
 

@@ -57,7 +57,7 @@ _REPLICA_FAULTS = frozenset({Outcome.REFUSED, Outcome.TIMEOUT, Outcome.ERROR, Ou
 class Placement:
     """One request's placement: its chain, what the index knew, the ranked candidates."""
 
-    pool: str  # the backend's name: where its new prefixes count (``Claim``)
+    pool_name: str  # the backend's: where its new prefixes count (``Claim.pool``)
     chain: PrefixChain
     found: Found | None
     ranking: Ranking
@@ -141,8 +141,10 @@ class Placer:
                 return
             # The claimed replica was passed over (it failed, or its breaker opened since the
             # lookup): this one holds the prefixes instead, and their placement counts here.
-            self._store.forget(chain.records, claimed, counted_in=placement.pool)
-            self._store.record(chain.records, replica.id, first=False, counted_in=placement.pool)
+            self._store.forget(chain.records, claimed, counted_in=placement.pool_name)
+            self._store.record(
+                chain.records, replica.id, first=False, counted_in=placement.pool_name
+            )
             return
         # The holders were overloaded or out of use: this replica joins them.
         within = [p for p in chain.records if p.tokens <= longest and p.key != matched.key]
@@ -167,7 +169,7 @@ class Placer:
             held = {p.key: p for p in chain.records}
             if matched is not None:
                 held[matched.key] = matched
-            self._store.forget(list(held.values()), replica.id, counted_in=placement.pool)
+            self._store.forget(list(held.values()), replica.id, counted_in=placement.pool_name)
             return
         if (
             outcome is Outcome.OK
@@ -188,4 +190,4 @@ class Placer:
                 cached_tokens,
                 matched.tokens,
             )
-            self._store.forget(lost, replica.id, counted_in=placement.pool)
+            self._store.forget(lost, replica.id, counted_in=placement.pool_name)

@@ -42,7 +42,8 @@ class Markers:
     top_level: Any  # the request's own cache_control (automatic mode), if any
     messages: tuple[int, ...] = ()  # the messages holding a key (on them or on a part)
     # The blocks of ``at`` (and the last, in automatic mode) that belong to a conversation's
-    # turns: messages other than the system prompt (``system``, ``developer``) and tools.
+    # turns: messages other than the system prompt (``system``, ``developer``), not the
+    # tool definitions (a tool's result is a turn).
     turns: frozenset[int] = frozenset()
 
 
@@ -91,10 +92,15 @@ def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Marker
     top_level = body.get("cache_control")
     if "cache_control" in body:
         keys += 1
-        last = messages[-1] if messages else None
-        if isinstance(last, dict) and last.get("role") not in _SYSTEM_ROLES:
-            turns.add(blocks - 1)
+    if top_level is not None and _ends_on_a_turn(messages):
+        turns.add(blocks - 1)
     return Markers(at, blocks, keys, top_level, tuple(holders), frozenset(turns))
+
+
+def _ends_on_a_turn(messages: list[Any]) -> bool:
+    """Whether the prompt's last block (automatic mode's breakpoint) is in a turn."""
+    last = messages[-1] if messages else None
+    return isinstance(last, dict) and last.get("role") not in _SYSTEM_ROLES
 
 
 def _message_markers(

@@ -63,9 +63,9 @@ Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
 # renewed), whose members name placements (``placement_name`` of a ``Claim.tree``'s key as
 # KEYS name the looked-up prefixes) and whose scores are the times they stop counting;
 # ARGV[4]: the member naming this request's placement; ARGV[5]: its whole TTL; ARGV[6]: its
-# TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8]: the name a placement carried over from an
-# earlier turn takes ('' when the request carries none, ``Claim.carries``; '|turn' below is
-# ``TURN``); ARGV[9..8+n]:
+# TTL as a claim; ARGV[7]: PLACEMENT_KEPT; ARGV[8]: '1' when an earlier turn's placement
+# (named by a looked-up key and ``TURN``, put in for $TURN below) is carried over to this
+# one (``Claim.carries``), else ''; ARGV[9..8+n]:
 # the looked-up keys' TTLs; ARGV[9+n..8+n+m]: the claim's TTLs; ARGV[9+n+m]: the slack;
 # ARGV[10+n+m]: the recent counts' window in seconds; ARGV[11+n+m]: the proposing router's
 # id; ARGV[12+n+m]: the placement order's TTL; ARGV[13+n+m]: the count slack; then pairs of
@@ -103,25 +103,23 @@ for i = n, 1, -1 do
         if at and at > now - kept then return at end
         return nil
       end
-      local carry = ARGV[8]
+      -- Carry an earlier turn's placement over only to a tree beyond the shorter prefixes.
+      local carries = ARGV[8] == '1'
       for j = 1, i - 1 do
-        if KEYS[j] .. '|turn' == carry then carry = '' break end
+        if carries and KEYS[j] .. '$TURN' == ARGV[4] then carries = false end
       end
       for _, holder in ipairs(holders) do
         local tree = trees .. holder
-        local member = ARGV[4]
-        local until_ = held(tree, member)
-        if until_ == nil and carry ~= '' then
+        local until_ = held(tree, ARGV[4])
+        if until_ == nil and carries then
           for j = i, 1, -1 do
-            local earlier = KEYS[j] .. '|turn'
-            if earlier ~= member then
+            local earlier = KEYS[j] .. '$TURN'
+            if earlier ~= ARGV[4] then
               until_ = held(tree, earlier)
               if until_ then
                 redis.call('ZREM', tree, earlier)
-                member = carry
-                local present = held(tree, member)
-                if until_ >= now + ttl / 2 and (present == nil or present < until_) then
-                  redis.call('ZADD', tree, until_, member)
+                if until_ >= now + ttl / 2 then
+                  redis.call('ZADD', tree, until_, ARGV[4])
                   keep(tree)
                 end
                 break
@@ -130,7 +128,7 @@ for i = n, 1, -1 do
           end
         end
         if until_ and until_ < now + ttl / 2 then
-          redis.call('ZADD', tree, now + ttl, member)
+          redis.call('ZADD', tree, now + ttl, ARGV[4])
           keep(tree)
         end
       end
@@ -199,7 +197,7 @@ for i = n + 1, n + m do
   end
 end
 return {0, {chosen}}
-"""
+""".replace("$TURN", TURN)
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
 # placement wins); ARGV[3]: '' or the replica's sorted set of placements in the pool where
 # this one counts (a claim passed over for this replica), ARGV[4]: its member, ARGV[5]: the
@@ -365,7 +363,7 @@ class RedisPrefixStore(PrefixStore):
         member = placement_name(self.key(tree.key), tree)
         args[2:6] = [self._trees(claim.pool), member, tree.ttl, claim.ttl(tree)]
         if claim.carries:
-            args[7] = self.key(tree.key) + TURN
+            args[7] = "1"
         if self.local.get(prefixes) is not None:
             return keys, args, None
         proposal = claim.propose()

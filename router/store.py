@@ -175,11 +175,11 @@ class Claim:
     @property
     def carries(self) -> bool:
         """Whether a lookup that finds an earlier turn of the request's conversation, and
-        its placement, carries that placement over to ``tree``: the request's last
-        breakpoint is on a turn (a client marking its latest turns, or the top level). Only
-        placements named by a turn (``TURN``) are carried over, and only to a tree beyond
-        the shorter prefixes found, so a shared system prompt's placement stays its own."""
-        return self.records[-1].turn
+        its placement, carries that placement over to ``tree``: the tree is a turn (a client
+        marking its latest turns, or the top level). Only placements named by a turn
+        (``TURN``) are carried over, and only to a tree beyond the shorter prefixes found,
+        so a shared system prompt's placement stays its own."""
+        return self.tree.turn
 
 
 class PrefixStore(ABC):
@@ -291,29 +291,25 @@ class _Trees:
         self.expires.pop(key, None)
         self.counting.discard(key)
 
-    def renew(
-        self, key: str, ttl: float, now: float, carry: str | None, earlier: Sequence[str]
-    ) -> None:
+    def renew(self, key: str, ttl: float, now: float, earlier: Sequence[str] = ()) -> None:
         """Count ``key``, if held, for ``ttl`` from now; not while more than half of that
-        is left, so a hot prefix does not add an entry per hit. With ``carry``, a placement
-        not held under ``key`` but under one of ``earlier`` (an earlier turn's, longest
-        first) is carried over to ``carry`` first, as it stands (unless ``carry`` is held
-        until later already), so that the next turn, which extends this one, finds it."""
+        is left, so a hot prefix does not add an entry per hit. A placement not held under
+        ``key`` but under one of ``earlier`` (an earlier turn's, longest first) is carried
+        over to ``key`` first, as it stands, so that the next turn, which extends this one,
+        finds it."""
         self.count(now)
         old = self.expires.get(key)
         if old is None:
-            if carry is None:
-                return
-            carried = next((k for k in earlier if k != key and k in self.expires), None)
+            carried = next((k for k in earlier if k in self.expires), None)
             if carried is None:
                 return
             old = self.expires[carried]
             self.drop(carried)
-            key = carry
+            if old >= now + ttl / 2:
+                self.set(key, old, now)
+                return
         if old < now + ttl / 2:
             self.set(key, now + ttl, now)
-        elif self.expires.get(key, old - 1) < old:  # carried over as it stands
-            self.set(key, old, now)
 
 
 class _PoolPlacements:
@@ -347,15 +343,13 @@ class _PoolPlacements:
         looked-up prefixes up to the one found): its placement is renewed on those of them
         it was placed on, or an earlier turn's carried over (``Claim.carries``)."""
         tree = claim.tree
-        carry: str | None = None
+        name = placement_name(tree.key, tree)
         earlier: list[str] = []
         if claim.carries and all(p.key != tree.key for p in found[:-1]):
-            carry = tree.key + TURN
-            earlier = [p.key + TURN for p in reversed(found)]
-        name = placement_name(tree.key, tree)
+            earlier = [p.key + TURN for p in reversed(found) if p.key != tree.key]
         for holder in holders:
             if (held := self.trees.get(holder)) is not None:
-                held.renew(name, tree.ttl, now, carry, earlier)
+                held.renew(name, tree.ttl, now, earlier)
 
 
 class MemoryPrefixStore(PrefixStore):
@@ -421,8 +415,8 @@ class MemoryPrefixStore(PrefixStore):
         if found is not None:
             pools = self._pools
             if pools is not None and (placements := pools.get(claim.pool)) is not None:
-                held = prefixes[: found.index + 1]
-                placements.renew(found.holders, claim, held, self._clock())
+                looked = prefixes[: found.index + 1]
+                placements.renew(found.holders, claim, looked, self._clock())
             return Lookup(found)
         # One process sees its own placements in its loads at once: no recent counts needed.
         proposal = claim.propose()

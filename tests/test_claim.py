@@ -614,12 +614,10 @@ async def test_a_placement_that_stopped_counting_is_renewed_when_found_again(
 def conversation_turn(name: str, k: int, *, marks: int = 1) -> PrefixChain:
     """Turn ``k`` of a conversation whose client marks its ``marks`` newest user messages
     (Anthropic's recipe marks one or two): it looks up every earlier turn's prefix and
-    records the marked ones, the newest ending the prompt."""
+    records the marked ones, turns all."""
     prefixes = [Prefix(f"{name}-{n}", 300, 2000 + 100 * n) for n in range(1, k + 1)]
-    *older, newest = prefixes[-marks:]
-    return PrefixChain(
-        prefixes, [*older, Prefix(newest.key, 300, newest.tokens, turn=True)], marked=True
-    )
+    marked = [Prefix(p.key, p.ttl, p.tokens, turn=True) for p in prefixes[-marks:]]
+    return PrefixChain(prefixes, marked, marked=True)
 
 
 @pytest.mark.parametrize("marks", [1, 2])
@@ -700,7 +698,7 @@ async def test_the_lookup_script_renews_as_the_index_in_process_does(
     shared: list[RedisPrefixStore],
 ) -> None:
     """Renewal lives twice too: random placements (counting with more or less than half
-    their TTL left, stopped but kept, gone; named by a prefix that ended its prompt or not)
+    their TTL left, stopped but kept, gone; named by a turn or not)
     under the request's tree, its looked-up prefixes or neither, on random holders, for
     requests that carry an earlier turn's placement over or not; both stores leave the same
     placements behind."""
@@ -718,7 +716,8 @@ async def test_the_lookup_script_renews_as_the_index_in_process_does(
         if draw.random() < 0.5:  # marked on its latest turn (or its system prompt only)
             records = [Prefix(key, 300, 9000, turn=carries)]
         else:  # marked on its last two turns (or its system prompt and its latest turn)
-            records = [Prefix(key, 300, 9000), Prefix(f"{name}-last", 300, 9500, turn=carries)]
+            last = Prefix(f"{name}-last", 300, 9500, turn=True)
+            records = [Prefix(key, 300, 9000, turn=carries), last]
         keys = {p.key for p in lookups} | {key, f"{name}-other"}
         names = sorted(keys | {k + TURN for k in keys})
         state = {
