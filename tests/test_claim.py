@@ -694,6 +694,38 @@ async def test_a_conversation_leaves_a_shared_system_prompts_placement_alone(
     assert held == {"shared-system"}
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_conversations_placement_is_carried_over_to_turns_only(
+    backend: str, shared: list[RedisPrefixStore]
+) -> None:
+    """A request whose first breakpoint, after an earlier turn, is on a system message (one
+    in the middle of the conversation) names its placement by that system prompt: the
+    conversation's placement is not carried over to it, where it could not be carried on."""
+    store: PrefixStore = MemoryPrefixStore() if backend == "memory" else shared[0]
+    one = router(store, 0, 1)
+    r0 = one.pool.replicas[0]
+    earlier = conversation_turn("middle", 1)
+    first = await one.placer.place(one.pool, earlier)
+    assert first.claimed == "r0"
+    one.placer.dispatched(first, r0)
+    system = Prefix("middle-system", 300, 2200)
+    latest = Prefix("middle-latest", 300, 2300)
+    later = PrefixChain(
+        [*earlier.lookups, system, latest],
+        [system, Prefix(latest.key, 300, 2300, turn=True)],
+        marked=True,
+    )
+    found = await one.placer.place(one.pool, later)
+    assert found.found is not None and found.found.holders == ("r0",)
+    await store.flush()
+    if isinstance(store, MemoryPrefixStore):
+        held = set(store._pools["pool"].trees["r0"].expires)  # type: ignore[index]
+    else:
+        named: list[bytes] = await shared[0].redis.zrange("claim:trees:4:pool:r0", 0, -1)  # type: ignore[assignment]
+        held = {member.decode().removeprefix("claim:px:") for member in named}
+    assert held == {"middle-1" + TURN}
+
+
 async def test_the_lookup_script_renews_as_the_index_in_process_does(
     shared: list[RedisPrefixStore],
 ) -> None:
