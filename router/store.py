@@ -254,12 +254,18 @@ class _Recency:
 class _Trees:
     """The new prefixes one replica was given, by key, with the time each stops counting.
     One that stopped is kept ``PLACEMENT_KEPT`` seconds more, uncounted, so that a lookup
-    finding its prefix again (a conversation's next turn after a pause) renews it."""
+    finding its prefix again (a conversation's next turn after a pause) renews it.
 
-    __slots__ = ("counting", "dropping", "expires", "heap")
+    At most ``limit`` keys are kept (the index's ``memory_max_entries``): time alone bounds
+    them by the rate of new prefixes only, which a flood of distinct conversations makes
+    large."""
 
-    def __init__(self) -> None:
-        self.expires: dict[str, float] = {}
+    __slots__ = ("counting", "dropping", "expires", "heap", "limit")
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        # By when each was last set, oldest first (``_shed``).
+        self.expires: OrderedDict[str, float] = OrderedDict()
         self.counting: set[str] = set()  # the keys whose time is not up
         # (expiry, key): when each stops counting, soonest first; an entry whose key has
         # since been given another expiry, or has stopped already, is stale and skipped.
@@ -282,8 +288,35 @@ class _Trees:
     def set(self, key: str, expires: float, now: float) -> None:
         self.count(now)
         self.expires[key] = expires
+        self.expires.move_to_end(key)
         self.counting.add(key)
         heapq.heappush(self.heap, (expires, key))
+        if len(self.expires) > self.limit:
+            self._shed()
+        if len(self.heap) + len(self.dropping) > 2 * self.limit + 64:
+            self._compact()
+
+    def _shed(self) -> None:
+        """Down to ``limit`` keys: the kept ones first, then the longest since set (a fresh
+        claim, which counts for seconds only, must not be the first to go)."""
+        expires, counting, dropping = self.expires, self.counting, self.dropping
+        while len(expires) > self.limit and dropping:
+            at, key = heapq.heappop(dropping)
+            if expires.get(key) == at and key not in counting:
+                del expires[key]
+        while len(expires) > self.limit:
+            key, _ = expires.popitem(last=False)
+            counting.discard(key)
+
+    def _compact(self) -> None:
+        """Rebuild both heaps from the live keys: renewals and drops leave stale entries
+        behind, which would otherwise wait for their time to be popped."""
+        counting = self.counting
+        live = self.expires.items()
+        self.heap = [(at, key) for key, at in live if key in counting]
+        self.dropping = [(at, key) for key, at in live if key not in counting]
+        heapq.heapify(self.heap)
+        heapq.heapify(self.dropping)
 
     def drop(self, key: str) -> None:
         """``key`` is no longer held: it stops counting, and is not kept for renewal. Its
@@ -316,9 +349,10 @@ class _PoolPlacements:
     """What one pool's placements of new prefixes left behind: their order, and which ones
     each replica holds (as a Redis store keeps them in ``order:`` and ``trees:`` keys)."""
 
-    __slots__ = ("order", "trees")
+    __slots__ = ("limit", "order", "trees")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit  # of each replica's placements kept (``_Trees``)
         self.order = _Recency()
         self.trees: dict[str, _Trees] = {}
 
@@ -333,7 +367,7 @@ class _PoolPlacements:
     def count(self, replica: str, tree: Prefix, now: float) -> None:
         """Count the placement named by ``tree`` against ``replica`` as a claim does."""
         if (held := self.trees.get(replica)) is None:
-            held = self.trees[replica] = _Trees()
+            held = self.trees[replica] = _Trees(self.limit)
         held.set(placement_name(tree.key, tree), now + min(tree.ttl, CLAIM_TTL), now)
 
     def renew(
@@ -424,7 +458,7 @@ class MemoryPrefixStore(PrefixStore):
             replica = proposal.pick()
         else:
             if (pool := self._pools.get(claim.pool)) is None:
-                pool = self._pools[claim.pool] = _PoolPlacements()
+                pool = self._pools[claim.pool] = _PoolPlacements(self._max_entries)
             replica = pool.pick(proposal, claim, self._clock())
         for prefix in claim.records:
             self._put(prefix, replica, first=True, ttl=claim.ttl(prefix))
@@ -449,7 +483,7 @@ class MemoryPrefixStore(PrefixStore):
             self._put(prefix, replica, first=first, ttl=prefix.ttl)
         if counted_in is not None and prefixes and self._pools is not None:
             if (pool := self._pools.get(counted_in)) is None:
-                pool = self._pools[counted_in] = _PoolPlacements()
+                pool = self._pools[counted_in] = _PoolPlacements(self._max_entries)
             pool.count(replica, prefixes[0], self._clock())
 
     def _put(self, prefix: Prefix, replica: str, *, first: bool, ttl: int) -> None:

@@ -388,6 +388,50 @@ async def test_a_placement_counts_while_its_prefix_is_in_use() -> None:
     assert (await one.placer.place(one.pool, chain("later"))).claimed == "r0"
 
 
+async def test_a_replicas_placements_are_bounded_by_the_index_size() -> None:
+    """However many new prefixes a flood of distinct conversations brings, each replica's
+    placements are kept to ``memory_max_entries``: the ones kept uncounted go first, then
+    the oldest; the newest claims still count."""
+    clock = Clock()
+    store = MemoryPrefixStore(4, clock=clock)
+    await give(store, "r0", "old-0", "old-1")
+    clock.now += CLAIM_TTL + 1  # those two stop counting, kept for renewal
+    await give(store, "r0", *(f"new-{i}" for i in range(4)))
+    trees = store._pools["pool"].trees["r0"]  # type: ignore[index]
+    assert list(trees.expires) == [f"new-{i}-system" for i in range(4)]
+    assert trees.count(clock.now) == 4
+    await give(store, "r0", *(f"flood-{i}" for i in range(50)))
+    assert list(trees.expires) == [f"flood-{i}-system" for i in range(46, 50)]
+    assert trees.count(clock.now) == 4
+    assert len(trees.heap) + len(trees.dropping) <= 2 * 4 + 64
+
+
+def test_renewals_do_not_grow_a_replicas_placements_without_bound() -> None:
+    """A placement renewed again and again leaves stale heap entries behind; they are swept
+    once they outnumber the live ones by the margin, not kept until their time comes."""
+    trees = _Trees(limit=2)
+    now = 0.0
+    for _ in range(500):
+        trees.set("hot", now + 300, now)
+        now += 1
+    assert trees.count(now) == 1
+    assert len(trees.heap) + len(trees.dropping) <= 2 * 2 + 64
+    now += 300  # it stops counting once, as set last
+    assert trees.count(now) == 0
+    assert "hot" in trees.expires  # kept for renewal
+
+
+def test_a_renewed_placement_outlives_those_set_since_it_was_first() -> None:
+    """Past the limit the placement set longest ago goes: a renewal counts as set anew."""
+    trees = _Trees(limit=3)
+    for key in ("a", "b", "c"):
+        trees.set(key, 10, 0)
+    trees.set("a", 20, 1)  # found again: renewed
+    trees.set("d", 10, 2)
+    assert list(trees.expires) == ["c", "a", "d"]
+    assert trees.count(2) == 3
+
+
 @pytest.mark.parametrize("counted_in", [None, "pool"])
 async def test_a_placement_made_twice_at_one_instant_stops_counting_once(
     counted_in: str | None,
