@@ -5,8 +5,10 @@ separate processes on free loopback ports), then sends, one at a time and interl
 request and a ~140 KB conversation whose system prompt alone carries ``cache_control``, and
 reports the median ``router;dur`` of each (the router's work before the upstream call: body
 parsing, validation, classification, prefix chain, index lookup, replica choice). A variant
-without any marker (automatic prefixes over every message boundary) is measured too. Not a
-test: run it by hand and record the figures.
+without any marker (automatic prefixes over every message boundary) is measured too, and so is
+``short``: the marked system prompt and one question, which does the same prefix work as the
+marked conversation, so the marked one's ratio to it is what the conversation's length costs.
+Not a test: run it by hand and record the figures.
 
     python benchmarks/router_cost.py [--rounds 300] [--kb 140]
 """
@@ -47,6 +49,13 @@ def conversation(kb: int, *, marked: bool) -> dict[str, Any]:
         turn += 1
     messages.append({"role": "user", "content": "And the last question?"})
     return {"model": "m", "messages": messages, "max_tokens": 1}
+
+
+def short_marked(kb: int) -> dict[str, Any]:
+    """The marked conversation's system prompt and one question: the same prefix work."""
+    whole = conversation(kb, marked=True)
+    question = {"role": "user", "content": "And the last question?"}
+    return {**whole, "messages": [whole["messages"][0], question]}
 
 
 async def router_ms(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
@@ -92,6 +101,7 @@ async def main(rounds: int, kb: int) -> None:
                     ),
                     "marked": orjson.dumps(conversation(kb, marked=True)),
                     "unmarked": orjson.dumps(conversation(kb, marked=False)),
+                    "short": orjson.dumps(short_marked(kb)),
                 }
                 times: dict[str, list[float]] = {name: [] for name in bodies}
                 async with aiohttp.ClientSession() as session:
@@ -104,13 +114,14 @@ async def main(rounds: int, kb: int) -> None:
             finally:
                 await router.stop()
     tiny = statistics.median(times["tiny"])
+    short = statistics.median(times["short"])
     print(f"{rounds} rounds, interleaved; router;dur median (p90) in ms")
     for name, body in bodies.items():
         median = statistics.median(times[name])
         p90 = statistics.quantiles(times[name], n=10)[-1]
         print(
             f"  {name:9} {len(body) / 1024:6.1f} KB  {median:6.3f} ({p90:6.3f})"
-            f"  {median / tiny:5.2f}x tiny"
+            f"  {median / tiny:5.2f}x tiny  {median / short:5.2f}x short"
         )
 
 
