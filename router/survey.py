@@ -5,7 +5,7 @@ and a string, nothing else. What the router asks of a body (its limits, its vali
 its ``cache_control`` markers) has the same answer for every plain turn: one text block, no
 parts, no marker, no image, not a tool turn, nesting three levels below the body. So one walk
 here finds the turns that need a closer look, and the limits, validation, classification and
-the marker search read only those (before, each of them walked all ~280 turns of a 140 KB
+the marker search read only those (before, each of them walked all 140 turns of a 140 KB
 conversation).
 """
 
