@@ -421,6 +421,17 @@ def test_renewals_do_not_grow_a_replicas_placements_without_bound() -> None:
     assert "hot" in trees.expires  # kept for renewal
 
 
+def test_past_the_limit_placements_that_stopped_counting_go_first() -> None:
+    """One kept only for renewal goes before an older one that still counts."""
+    trees = _Trees(limit=3)
+    trees.set("confirmed", 1000, 0)
+    trees.set("claim", 5, 0)
+    trees.set("next", 1000, 6)  # "claim" has stopped counting by now: kept for renewal
+    trees.set("latest", 1000, 6)
+    assert list(trees.expires) == ["confirmed", "next", "latest"]
+    assert trees.count(6) == 3
+
+
 def test_a_renewed_placement_outlives_those_set_since_it_was_first() -> None:
     """Past the limit the placement set longest ago goes: a renewal counts as set anew."""
     trees = _Trees(limit=3)
