@@ -244,21 +244,25 @@ def _message_blocks(message: dict[str, Any]) -> Iterator[Block]:
     yield from blocks
 
 
-def _ttl_of(marker: Any, param: str) -> int:
+def marker_fault(marker: Any) -> tuple[str, str | None] | None:
+    """What is wrong with one ``cache_control`` value, and in which of its fields (None: the
+    value itself); None when it is a valid breakpoint. Each surface names the place itself."""
     if not isinstance(marker, dict):
-        raise InvalidRequest(
-            'cache_control must be an object such as {"type": "ephemeral"}.', param=param
-        )
+        return 'cache_control must be an object such as {"type": "ephemeral"}.', None
     if marker.get("type") != "ephemeral":
-        raise InvalidRequest(
-            f"Unknown cache_control type {marker.get('type')!r}; the only type is 'ephemeral'.",
-            param=f"{param}.type",
-        )
+        kind = marker.get("type")
+        return f"Unknown cache_control type {kind!r}; the only type is 'ephemeral'.", "type"
     ttl = marker.get("ttl", "5m")
-    if ttl not in TTL_SECONDS:
-        raise InvalidRequest(
-            f"Unknown cache_control ttl {ttl!r}; use '5m' or '1h'.", param=f"{param}.ttl"
-        )
+    if not isinstance(ttl, str) or ttl not in TTL_SECONDS:
+        return f"Unknown cache_control ttl {ttl!r}; use '5m' or '1h'.", "ttl"
+    return None
+
+
+def _ttl_of(marker: Any, param: str) -> int:
+    if (fault := marker_fault(marker)) is not None:
+        message, field = fault
+        raise InvalidRequest(message, param=param if field is None else f"{param}.{field}")
+    ttl: str = marker.get("ttl", "5m")
     return TTL_SECONDS[ttl]
 
 

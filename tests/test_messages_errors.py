@@ -52,6 +52,10 @@ def assert_anthropic(answer: Any, error_type: str) -> None:
     assert answer["error"]["message"]
 
 
+def text_block(marker: Any) -> dict[str, Any]:
+    return {"type": "text", "text": "x", "cache_control": marker}
+
+
 def body(**fields: Any) -> bytes:
     return orjson.dumps({"model": "m", "max_tokens": 5, "messages": USER, **fields})
 
@@ -101,7 +105,7 @@ def body(**fields: Any) -> bytes:
         (body(extra=1, temperature="hot"), "temperature"),
         (
             body(system=[{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]),
-            "type",
+            "system.0.cache_control.type: Unknown cache_control type 'forever'",
         ),
         (
             body(
@@ -113,7 +117,20 @@ def body(**fields: Any) -> bytes:
                     }
                 ]
             ),
-            "ttl",
+            "system.0.cache_control.ttl: Unknown cache_control ttl '2h'",
+        ),
+        (
+            body(
+                messages=[
+                    {"role": "user", "content": [text_block({"type": "ephemeral", "ttl": 5})]}
+                ]
+            ),
+            "messages.0.content.0.cache_control.ttl",
+        ),
+        (body(cache_control="ephemeral"), "cache_control: cache_control must be an object"),
+        (
+            body(tools=[{"name": "f", "input_schema": {}, "cache_control": {}}]),
+            "tools.0.cache_control.type",
         ),
         (body(thinking={"type": "enabled", "budget_tokens": "lots"}), "budget_tokens"),
         (body(output_config={"effort": "extreme"}), "effort"),
@@ -127,6 +144,41 @@ async def test_bad_bodies_are_400_in_anthropic_envelope(
     assert_anthropic(answer, "invalid_request_error")
     assert mentions in answer["error"]["message"]
     assert headers["X-Request-Id"]
+
+
+FIVE_MINUTES = {"type": "ephemeral"}
+ONE_HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "mentions"),
+    [
+        (body(system=[text_block({"type": "ephemeral", "ttl": "7m"})]), "system.0.cache_control"),
+        (
+            body(system=[text_block(FIVE_MINUTES) for _ in range(5)]),
+            "at most 4 cache_control breakpoints",
+        ),
+        (
+            body(system=[text_block(FIVE_MINUTES), text_block(ONE_HOUR)]),
+            "ttl '1h' must not come after one with ttl '5m'",
+        ),
+    ],
+)
+async def test_count_tokens_refuses_the_breakpoints_messages_refuses(
+    stack: Stack, raw: bytes, mentions: str
+) -> None:
+    """``/v1/messages/count_tokens`` takes the same body as ``/v1/messages``, and refuses the
+    same ``cache_control`` breakpoints with the same message."""
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        status, _, answer = await post(stack, raw, path)
+        assert status == 400, path
+        assert_anthropic(answer, "invalid_request_error")
+        assert mentions in answer["error"]["message"], path
+    status, _, answer = await post(
+        stack, body(system=[text_block(ONE_HOUR)]), "/v1/messages/count_tokens"
+    )
+    assert status == 200
+    assert answer["input_tokens"] > 0
 
 
 async def test_router_errors_keep_anthropic_statuses(stack: Stack) -> None:

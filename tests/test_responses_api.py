@@ -227,6 +227,47 @@ def test_bad_input(
     assert caught.value.body["param"] == param  # type: ignore[index]
 
 
+def part(marker: Any) -> dict[str, Any]:
+    return {"type": "input_text", "text": "x", "cache_control": marker}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        (
+            {
+                "instructions": "be brief",
+                "input": [{"role": "user", "content": [part({"type": "ephemeral", "ttl": "9m"})]}],
+            },
+            "input[0].content[0].cache_control.ttl",
+        ),
+        (
+            {"input": [{"role": "user", "content": "x", "cache_control": {"type": "forever"}}]},
+            "input[0].cache_control.type",
+        ),
+        (
+            {"input": [{"role": "user", "content": "x"}, {"role": "user", "content": [part(5)]}]},
+            "input[1].content[0].cache_control",
+        ),
+        # Named in the chat body only, whose messages are not the input's items: no param.
+        (
+            {
+                "instructions": "be brief",
+                "input": [{"role": "user", "content": [part({"type": "ephemeral"})] * 5}],
+            },
+            None,
+        ),
+    ],
+)
+def test_a_bad_cache_control_is_named_by_its_place_in_the_input(
+    stack: Stack, kwargs: dict[str, Any], param: str | None
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client().responses.create(model="m", **kwargs)
+    assert caught.value.body["param"] == param  # type: ignore[index]
+    assert "cache_control" in caught.value.body["message"]  # type: ignore[index]
+
+
 def test_responses_backend_gets_the_body_passed_through(
     make_stack: Any, fake_upstream: Fake
 ) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from router.prefix import marker_fault
+
 
 class MessagesInputError(ValueError):
     """A Messages request the router cannot take; ``param`` names the offending field."""
@@ -236,7 +238,7 @@ def _tool_result(block: dict[str, Any], param: str) -> dict[str, Any]:
         # Chat has no error flag on a tool message; say it in the content, as a model reads it.
         prefix = {"type": "text", "text": "Error:"}
         converted = f"Error: {converted}" if isinstance(converted, str) else [prefix, *converted]
-    message = {"role": "tool", "tool_call_id": call_id, "content": converted}
+    message: dict[str, Any] = {"role": "tool", "tool_call_id": call_id, "content": converted}
     if block.get("cache_control") is not None:
         message["cache_control"] = _marker(block["cache_control"], f"{param}.cache_control")
     return message
@@ -271,15 +273,19 @@ def _marked(block: dict[str, Any], part: dict[str, Any], param: str) -> dict[str
     return part
 
 
-def _marker(marker: Any, param: str) -> Any:
-    """A ``cache_control`` for the chat body: ``type`` and ``ttl`` only.
+def _marker(marker: Any, param: str) -> dict[str, Any]:
+    """A ``cache_control`` for the chat body: ``type`` and ``ttl`` only, checked here so that
+    a bad one is named by its place in the Messages body.
 
     ``ttl`` sets how long the prefix index keeps the entry; ``scope`` and anything else Anthropic
     may add are accepted but mean nothing to a chat server (which would reject them), so they
-    stop here. router.prefix checks what is left.
+    stop here.
     """
-    if not isinstance(marker, dict):
-        return marker  # router.prefix answers the 400 naming it
+    if (fault := marker_fault(marker)) is not None:
+        message, field = fault
+        raise MessagesInputError(
+            message.rstrip("."), param if field is None else f"{param}.{field}"
+        )
     return {k: v for k, v in marker.items() if k in ("type", "ttl")}
 
 

@@ -34,6 +34,7 @@ from router.handlers.common import (
 )
 from router.handlers.translated import relay_translated, translate_answer
 from router.keys import DISPATCHER
+from router.prefix import find_markers, marked_ttls
 from router.rewrite import CHAT_FROM_MESSAGES, MESSAGES, Outgoing
 
 
@@ -53,6 +54,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     """An estimate of the input tokens (the router has no tokenizer); ``max_tokens`` optional."""
     body, _ = await read_json(request)
     chat = _to_chat(body, require_max_tokens=False)
+    marked_ttls(find_markers(chat))  # the breakpoints /v1/messages would refuse, refused alike
     return web.json_response({"input_tokens": estimate_input_tokens(chat)})
 
 

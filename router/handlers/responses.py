@@ -58,8 +58,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     objects = request.app[OBJECTS]
     history = await _history(objects, ctx, body.get("previous_response_id"))
     chat = _to_chat(body, history)
-    check_cache_markers(chat)
-    plan = request.app[DISPATCHER].plan(chat, ctx)
+    plan = _plan(request, chat, ctx)
     if plan.backend.api == "responses":
         return await _via_responses_backend(request, ctx, body, raw, chat, plan)
     return await _via_chat_backend(request, ctx, body, chat, plan)
@@ -172,6 +171,20 @@ async def count_tokens(request: web.Request) -> web.Response:
     except ResponsesInputError as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
     return web.json_response({"object": "response.input_tokens", "input_tokens": tokens})
+
+
+def _plan(request: web.Request, chat: dict[str, Any], ctx: RequestContext) -> Plan:
+    """The translated request's plan. Each marker was checked on the input already; what is
+    left to fail (too many breakpoints, a 1h one after a 5m one) is named in the chat body,
+    whose messages are not the input's items (instructions and history come first, function
+    calls join one message): such an error names no param rather than a wrong one."""
+    try:
+        check_cache_markers(chat)
+        return request.app[DISPATCHER].plan(chat, ctx)
+    except InvalidRequest as exc:
+        if exc.param is None or not exc.param.startswith("messages["):
+            raise
+        raise InvalidRequest(exc.message, code=exc.code) from None
 
 
 def _to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from router.prefix import marker_fault
 from router.responses import objects
 
 
@@ -88,9 +89,20 @@ def _item_type(item: dict[str, Any]) -> str:
     return str(kind)
 
 
+def _check_marker(obj: dict[str, Any], param: str) -> None:
+    """A ``cache_control`` on ``obj`` must be a valid breakpoint: checked here, so that a bad
+    one is named by its place in the input, not in the chat body it is translated to."""
+    marker = obj.get("cache_control")
+    if marker is not None and (fault := marker_fault(marker)) is not None:
+        message, field = fault
+        where = f"{param}.cache_control"
+        raise ResponsesInputError(message, where if field is None else f"{where}.{field}")
+
+
 def _check_part(part: Any, param: str, allowed: frozenset[str]) -> None:
     if not isinstance(part, dict):
         raise ResponsesInputError("content parts must be objects", param)
+    _check_marker(part, param)
     kind = part.get("type")
     if not _one_of(kind, allowed):
         raise ResponsesInputError(f"unsupported content part type {kind!r}", f"{param}.type")
@@ -137,6 +149,7 @@ def _check_parts(content: Any, param: str, allowed: frozenset[str]) -> None:
 def _check_item(item: Any, param: str) -> None:
     if not isinstance(item, dict):
         raise ResponsesInputError("input items must be objects", param)
+    _check_marker(item, param)
     kind = _item_type(item)
     if kind == "message":
         role = item.get("role")
