@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from redis.connection import parse_url
 
 REQUEST_TYPES: tuple[str, ...] = ("text", "code", "json", "vision")
 # Types that exist only when routed (``routes.document``, ``routes.long``).
@@ -380,17 +381,31 @@ class LoadConfig(_Frozen):
     kv_full: float = Field(default=0.95, gt=0, le=1, description="KV usage refusing new prefixes")
 
 
+def check_redis_url(url: SecretStr | None) -> SecretStr | None:
+    """A Redis URL the client can connect with, checked when the config is read (by
+    ``check-config`` too), not when ``serve`` first connects. The messages never echo the URL:
+    it may carry a password."""
+    value = url.get_secret_value() if url is not None else ""
+    if not value or value.startswith("env:"):
+        return url
+    if not REDIS_URL.match(value):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    except ValueError:
+        raise ValueError(
+            "is not a usable Redis URL: its port, database number or options could not be read"
+        ) from None
+    return url
+
+
 class CacheConfig(_Frozen):
     redis_url: Secret | None = None
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
-        # The scheme only: the URL itself may carry a password and must not be echoed.
-        value = url.get_secret_value() if url is not None else ""
-        if value and not value.startswith("env:") and not REDIS_URL.match(value):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return url
+    def _redis_url(cls, url: SecretStr | None) -> SecretStr | None:
+        return check_redis_url(url)
 
     key_prefix: str = "di:"
     timeout_ms: float = Field(default=50.0, gt=0)
@@ -411,6 +426,12 @@ class ObjectsConfig(_Frozen):
     """Where stored chat completions and responses live (their lifetime: cache.responses_ttl)."""
 
     redis_url: Secret | None = None  # default: cache.redis_url, else memory
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr | None) -> SecretStr | None:
+        return check_redis_url(url)
+
     timeout_ms: float = Field(default=500.0, gt=0)
     memory_max_objects: int = Field(default=10_000, gt=0)
 

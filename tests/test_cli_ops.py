@@ -133,6 +133,27 @@ def test_serve_reports_a_bad_option_without_a_traceback(
     assert "line 6: cache.redis_url" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@127.0.0.1:notaport/0", "redis://:s3cret@127.0.0.1:99999/0"]
+)
+def test_check_config_refuses_a_redis_url_serve_could_not_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """Caught when the config is read, by check-config as by serve, and never echoed (the
+    URL may carry a password)."""
+    path = write(
+        tmp_path, MINIMAL + f"cache: {{redis_url: '{url}'}}\nobjects: {{redis_url: '{url}'}}\n"
+    )
+    assert main(["check-config", path]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "cache.redis_url: is not a usable Redis URL" in text
+    assert "objects.redis_url: is not a usable Redis URL" in text
+    assert "s3cret" not in text and "Traceback" not in text
+    assert main(["serve", "--config", path]) == 1
+    assert "s3cret" not in capsys.readouterr().err
+
+
 def test_json_access_log_has_one_line_per_request_without_prompt_text() -> None:
     port = free_port()
     args = ["serve", "--port", str(port), "--log-format", "json", "--log-level", "info"]
