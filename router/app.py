@@ -55,7 +55,7 @@ from router.limits import BodyParser
 from router.logs import log_access
 from router.metrics import Metrics
 from router.objects import MemoryObjectStore, ObjectStore, RedisObjectStore
-from router.redis_store import RedisPrefixStore
+from router.redis_store import RedisPrefixStore, reconnect_once
 from router.store import MemoryPrefixStore, PrefixStore
 from router.store_metrics import TimedStore
 from router.tracing import RequestTracer
@@ -194,7 +194,7 @@ async def objects_ctx(app: web.Application) -> AsyncIterator[None]:
     own: Redis | None = None
     store = app[STORE]
     if config.objects.redis_url is not None:
-        own = Redis.from_url(config.objects.redis_url.get_secret_value())
+        own = Redis.from_url(config.objects.redis_url.get_secret_value(), retry=reconnect_once())
         app[OBJECTS] = RedisObjectStore(own, key_prefix=prefix, ttl=ttl, timeout=timeout)
     elif isinstance(store, RedisPrefixStore):
         app[OBJECTS] = RedisObjectStore(store.redis, key_prefix=prefix, ttl=ttl, timeout=timeout)

@@ -32,7 +32,9 @@ from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
 from router.chain import Prefix
 from router.store import (
@@ -241,6 +243,12 @@ class _LateClaim(NamedTuple):
     sent: bool  # its request was sent already (to the claimant, or it failed there)
 
 
+def reconnect_once() -> Retry:
+    """A Redis client's retry policy: a command that finds its pooled connection closed by
+    Redis (a restart, an idle timeout) is sent again at once on a new one, once."""
+    return Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+
+
 class RedisPrefixStore(PrefixStore):
     def __init__(
         self,
@@ -294,6 +302,9 @@ class RedisPrefixStore(PrefixStore):
             max_connections=max_connections,
             # No CLIENT SETINFO on connect: a new connection costs two round trips less.
             driver_info=None,
+            # Else the first lookup on a connection Redis closed counts as a fault and
+            # bypasses the index. Timeouts are not retried: a lookup's deadline is short.
+            retry=reconnect_once(),
         )
         return cls(client, **kwargs)
 

@@ -254,6 +254,29 @@ async def test_redis_faults_count_to_a_threshold_and_the_local_index_answers(
         await store.aclose()
 
 
+async def test_after_a_redis_restart_the_first_lookup_is_answered(
+    redis_server: RedisServer,
+) -> None:
+    """The pooled connection Redis closed by restarting is replaced at once: the first lookup
+    after the restart is answered, not counted as a fault and bypassed."""
+    store = RedisPrefixStore.from_url(redis_server.url, timeout=1.0, failure_threshold=1)
+    try:
+        store.record([bp("kept")], "r1", first=True)
+        await store.flush()
+        assert (await store.lookup([bp("kept")])).found is not None  # the connection is pooled
+        redis_server.stop()
+        redis_server.start()  # same port; its data is gone, and so is every old connection
+        first = await store.lookup([bp("kept")])
+        assert not first.degraded and not store.down
+        store.record([bp("after")], "r2", first=True)
+        await store.flush()
+        after = await store.lookup([bp("after")])
+        assert not after.degraded and not store.down
+        assert after.found is not None and after.found.holders == ("r2",)
+    finally:
+        await store.aclose()
+
+
 async def test_an_abandoned_lookup_does_not_drop_its_connection(
     redis_server: RedisServer,
 ) -> None:
