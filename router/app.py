@@ -177,9 +177,15 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             # Workers of one router cannot share the counts and order of new prefixes: they
             # place without the counts and break ties by rendezvous alone, and so alike.
             app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=not app[WORKER])
+    store = app[STORE]
+    watch = asyncio.create_task(store.watch()) if isinstance(store, RedisPrefixStore) else None
     yield
+    if watch is not None:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
     if owned:
-        await app[STORE].aclose()
+        await store.aclose()
 
 
 async def objects_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -64,7 +64,7 @@ def refresh_gauges(metrics: Metrics, balancer: Balancer, store: PrefixStore, now
                 if gauge.reported_at > float("-inf"):
                     metrics.replica_metrics_age(name, replica.id, now - gauge.reported_at)
     if isinstance(store, RedisPrefixStore):
-        metrics.redis_state(not store.down)
+        metrics.redis_state(store.answering)
 
 
 def dashboard_data(

@@ -13,6 +13,8 @@ Redis is an accelerator, not a dependency:
   outage (with rendezvous placement of new prefixes, which needs no shared state);
 * a slow or failed command counts as a fault; only ``failure_threshold`` faults in a row
   mark Redis down, for ``retry_after`` seconds, and one success clears the count;
+* a router with no traffic pings Redis every second (``watch``), so it knows whether Redis
+  answers before a request has to find out, and takes it back as soon as it does;
 * each lookup (and each batch of writes) runs in its own task, awaited through
   ``asyncio.shield``: a client that goes away, or the lookup deadline, abandons the wait,
   never the command, so its connection goes back to the pool whole instead of being dropped
@@ -275,6 +277,7 @@ class RedisPrefixStore(PrefixStore):
         self._record_script = redis.register_script(_RECORD_LUA)
         self._failures = 0
         self._down_until = 0.0
+        self._answered_at = float("-inf")  # when a command last answered
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[Write] = deque(maxlen=max_queued)  # writes waiting, oldest first
         self.dropped_writes = 0  # writes the full queue let go
@@ -321,6 +324,36 @@ class RedisPrefixStore(PrefixStore):
     def down(self) -> bool:
         return self._clock() < self._down_until
 
+    @property
+    def answering(self) -> bool:
+        """Whether the last command (or ``check``) was answered: False from the first fault
+        on, not only while Redis rests after ``failure_threshold`` of them."""
+        return self._failures == 0
+
+    def _answered(self) -> None:
+        self._failures = 0
+        self._answered_at = self._clock()
+
+    async def check(self) -> bool:
+        """Ping Redis and count the outcome as a command's: a success ends a rest at once."""
+        try:
+            await self._shielded(self.redis.ping, self._timeout * 4)
+        except _FAULTS as exc:
+            self._fault(exc)
+            return False
+        self._answered()
+        self._down_until = 0.0
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Run ``check`` whenever no command answered for ``interval`` seconds: an idle
+        router then still knows, and reports (``di_redis_up``), whether Redis answers, and
+        a resting one takes Redis back as soon as it answers, not at its next request."""
+        while True:
+            await asyncio.sleep(interval)
+            if self._clock() - self._answered_at >= interval:
+                await self.check()
+
     async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
             return replace(self.local.claim_or_get(prefixes, claim), degraded=True)
@@ -336,7 +369,7 @@ class RedisPrefixStore(PrefixStore):
                 # Too late for this request, not for the next ones: learn from the answer.
                 task.add_done_callback(lambda done: self._learn(done, prefixes, claim))
             return Lookup(self.local.get(prefixes), degraded=True)
-        self._failures = 0
+        self._answered()
         if (claimant := _claimant(answer)) is not None:
             assert claim is not None
             for record in claim.records:
@@ -572,7 +605,7 @@ class RedisPrefixStore(PrefixStore):
                     # A bug, not Redis: say so, and keep the writer going for the next batch.
                     log.exception("redis prefix store: a batch of writes failed")
                 else:
-                    self._failures = 0
+                    self._answered()
         finally:
             self._writer = None
 

@@ -13,15 +13,17 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from router import app as app_module
+from router.balancer import Balancer
 from router.config import RouterConfig
 from router.context import RequestContext
 from router.dashboard import refresh_gauges
 from router.keys import BALANCER, METRICS
 from router.metrics import Children, Metrics
+from router.redis_store import RedisPrefixStore
 from router.sim import SimSettings
 from router.usage import Usage
 
-from .conftest import Stack, with_replicas
+from .conftest import Stack, free_port, with_replicas
 
 
 def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -148,6 +150,28 @@ def test_each_app_has_its_own_registry() -> None:
     one.observe(ctx, "/v1/chat/completions", 200, 0.5)
     assert total(parse(one.render().decode()), "di_tokens_total", token_type="cached_input") == 4
     assert total(parse(two.render().decode()), "di_requests_total") == 0
+
+
+async def test_redis_up_is_0_from_the_first_fault_before_redis_counts_as_down() -> None:
+    """``di_redis_up`` says whether Redis answered last, not whether it rests after
+    ``failure_threshold`` faults (an operator would see 1 through most of an outage)."""
+    config = RouterConfig.model_validate(
+        {
+            "backends": [
+                {"name": "pool", "replicas": [{"id": "r", "url": "http://127.0.0.1:9/v1"}]}
+            ],
+            "routes": dict.fromkeys(("text", "code", "json", "vision"), "pool"),
+        }
+    )
+    store = RedisPrefixStore.from_url(f"redis://127.0.0.1:{free_port()}/0", failure_threshold=3)
+    metrics = Metrics()
+    try:
+        assert not await store.check()  # nothing listens there
+        assert not store.down
+        refresh_gauges(metrics, Balancer(config), store, 0.0)
+        assert total(parse(metrics.render([]).decode()), "di_redis_up") == 0
+    finally:
+        await store.aclose()
 
 
 def test_hooks_for_placement_and_health() -> None:

@@ -277,6 +277,56 @@ async def test_after_a_redis_restart_the_first_lookup_is_answered(
         await store.aclose()
 
 
+async def test_a_redis_check_tells_whether_redis_answers_and_ends_a_rest(
+    redis_server: RedisServer,
+) -> None:
+    """``answering`` (``di_redis_up``) is False from the first fault, before Redis counts as
+    down; a check that is answered ends the rest at once."""
+    clock = Clock()
+    store = RedisPrefixStore.from_url(
+        redis_server.url, timeout=0.5, failure_threshold=2, retry_after=60.0, clock=clock
+    )
+    try:
+        assert await store.check() and store.answering
+        redis_server.stop()
+        assert not await store.check()
+        assert not store.answering and not store.down  # one fault: not down, not answering
+        assert not await store.check()
+        assert store.down
+        redis_server.start()
+        assert await store.check()
+        assert store.answering and not store.down  # not 60 s later
+        store.record([bp("back")], "r1", first=True)
+        await store.flush()
+        assert not (await store.lookup([bp("back")])).degraded
+    finally:
+        await store.aclose()
+
+
+async def test_an_idle_router_notices_redis_going_and_coming_back(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisPrefixStore.from_url(redis_server.url, timeout=0.5)
+    watch = asyncio.create_task(store.watch(interval=0.01))
+
+    async def until(answering: bool) -> None:
+        for _ in range(500):  # up to ~5 s
+            if store.answering is answering:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"answering never became {answering}")
+
+    try:
+        await until(True)
+        redis_server.stop()
+        await until(False)
+        redis_server.start()
+        await until(True)
+    finally:
+        watch.cancel()
+        await store.aclose()
+
+
 async def test_an_abandoned_lookup_does_not_drop_its_connection(
     redis_server: RedisServer,
 ) -> None:
