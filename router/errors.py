@@ -151,8 +151,12 @@ class UpstreamError(RouterError):
         param: str | None = None,
         code: str | None = None,
     ) -> None:
+        if code is None and upstream_status is not None:
+            code = "upstream_error"  # it answered: not "unavailable"
         super().__init__(message, param=param, code=code)
         self.upstream_status = upstream_status
+        if error_type is None and upstream_status is not None and upstream_status < 500:
+            error_type = "invalid_request_error"  # OpenAI's type for a 4xx that names none
         self.error_type = error_type
 
     @property

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import orjson
@@ -348,21 +348,67 @@ def _parse_error(raw: bytes) -> tuple[str, str | None, str | None, str | None]:
 
 
 def scrub(text: str, replica: Replica) -> str:
-    """``text`` without the replica's URL, origin, host:port, host name or upstream key, and
-    without anything shaped like a bearer token or an OpenAI-style key: an upstream error
-    message may quote them, and it is about to reach a client."""
+    """``text`` without the replica's URL, origin, host:port, host name, port or upstream key
+    (nor any run of ``KEY_FRAGMENT`` characters of the key, in any case: an error may quote
+    it masked, cut or lower-cased), and without anything shaped like a bearer token or an
+    OpenAI-style key: an upstream error message may quote them, and it is about to reach a
+    client."""
     secrets = [replica.url]
     parts = urlsplit(replica.url)
     if parts.netloc:
         secrets += [f"{parts.scheme}://{parts.netloc}", parts.netloc]
     if parts.hostname:
         secrets.append(parts.hostname)
-    if replica.backend.api_key is not None:
-        secrets.append(replica.backend.api_key.get_secret_value())
+    key = replica.backend.api_key
+    if key is not None:
+        secrets.append(key.get_secret_value())
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "[redacted]")
+    if key is not None:
+        text = _without_fragments(text, key.get_secret_value())
+    port = _port(parts)
+    if port is not None:
+        text = re.sub(rf"(?i)(?::|%3a){port}(?!\d)", ":[redacted]", text)
     return _CREDENTIALS.sub("[redacted]", text)
+
+
+KEY_FRAGMENT = 8  # characters of the upstream key that are never passed on together
+
+
+def _without_fragments(text: str, secret: str) -> str:
+    """``text`` with every run of ``KEY_FRAGMENT`` or more characters of ``secret`` (in any
+    case) replaced. Linear in ``text``: one set lookup per position."""
+    least = KEY_FRAGMENT
+    if len(secret) < least or len(text) < least:
+        return text
+    folded = secret.casefold()
+    grams = {folded[i : i + least] for i in range(len(folded) - least + 1)}
+    lower = text.casefold()
+    if len(lower) != len(text):  # a character whose case folding is longer: compare as is
+        lower = text
+    covered = [False] * len(text)
+    found = False
+    for i in range(len(text) - least + 1):
+        if lower[i : i + least] in grams:
+            covered[i : i + least] = [True] * least
+            found = True
+    if not found:
+        return text
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not covered[i]:
+            out.append(char)
+        elif i == 0 or not covered[i - 1]:
+            out.append("[redacted]")
+    return "".join(out)
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from router.config import RouterConfig
@@ -123,6 +124,31 @@ def test_error_text_echoing_key_and_address_is_scrubbed(
     assert "bad request to" in text  # the message itself still reaches the client
     for secret in (KEY, host_port, "127.0.0.1", "abc.def"):
         assert secret not in text
+
+
+def test_error_text_quoting_the_key_cut_or_recased_or_the_port_is_scrubbed(
+    make_stack: Any, scripted: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream may quote its key masked, without its prefix or lower-cased, and name its
+    port beside another host name: none of it reaches the client. A 4xx without a type or
+    code is the client's kind of error, and the upstream did answer."""
+    key = "AzureKey0123456789abcdefSECRETzz"
+    monkeypatch.setenv("UPSTREAM_KEY", key)
+    echo = scripted.new("echo", mode="status", status=400)
+    port = echo.url.removeprefix("http://").removesuffix("/v1").rsplit(":", 1)[1]
+    quoted = [key[:14] + "***" + key[-4:], key.lower(), key[3:], f"localhost:{port}"]
+    quoted.append(f"http%3A%2F%2Flocalhost%3A{port}")
+    echo.error_body = orjson.dumps({"error": {"message": "bad key: " + " | ".join(quoted)}})
+    live = make_stack(edit=single(echo.url, api_key="env:UPSTREAM_KEY"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client().chat.completions.create(model="m", messages=user())
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["message"].startswith("bad key: ")
+    assert port not in body["message"]
+    for fragment in (key[:8], key[-8:], key.lower()[10:18]):
+        assert fragment.casefold() not in body["message"].casefold()
+    assert body["type"] == "invalid_request_error" and body["code"] == "upstream_error"
 
 
 async def test_non_sse_lines_mid_stream_end_it_with_an_error_event(
