@@ -11,8 +11,9 @@ a request is sent to otherwise, before the answer, so a burst of first requests 
   the holders of the request's prefixes at once, and their placement from its count of new
   prefixes (``Proposal.pick``);
 * a hit whose ``usage.prompt_tokens_details.cached_tokens`` is far below the matched prefix
-  (under ``DEMOTE_SHARE`` of its estimated tokens) means the replica evicted it: it is
-  removed from the holders of the prefixes it lost, so the next request places them afresh.
+  (under ``DEMOTE_SHARE`` of its estimated tokens, from ``DEMOTE_MIN_TOKENS`` up) means the
+  replica evicted it: it is removed from the holders of the prefixes it lost, so the next
+  request places them afresh.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # Estimated tokens (4 bytes each) overshoot real ones for prose by up to ~1.5x; a replica
 # that still held the prefix reports well above a quarter of the estimate.
 DEMOTE_SHARE = 0.25
+# Backends cache whole KV blocks (vLLM: 16 tokens by default, up to 64 as configured): a
+# shorter prefix reports no cached tokens even where it is held, and would be demoted on
+# every hit. From this many estimated tokens up, a held prefix shows.
+DEMOTE_MIN_TOKENS = 128
 
 
 class Outcome(enum.Enum):
@@ -176,6 +181,7 @@ class Placer:
             and cached_tokens is not None
             and matched is not None
             and replica.id in placement.ranking.holders
+            and matched.tokens >= DEMOTE_MIN_TOKENS
             and cached_tokens < matched.tokens * DEMOTE_SHARE
         ):
             # Every looked-up prefix up to the match that the replica no longer fully holds.

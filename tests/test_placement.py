@@ -146,6 +146,26 @@ def test_a_replica_that_evicted_the_prefix_is_demoted(make_stack: Any) -> None:
     assert cached_request(client, "evicted").headers["X-DI-Cache"] == "miss"
 
 
+def test_a_prefix_shorter_than_a_kv_block_keeps_its_replica(make_stack: Any) -> None:
+    """A backend caches whole KV blocks: a marked prompt shorter than one reports no cached
+    tokens where it is held, which must not read as an eviction on every hit."""
+    live = make_stack(replicas=4)
+    client = live.client()
+    marked = [{"type": "text", "text": "Be terse.", "cache_control": EPHEMERAL}]
+    seen = []
+    for i in range(6):
+        raw = client.chat.completions.with_raw_response.create(
+            model="m",
+            messages=[{"role": "system", "content": marked}, {"role": "user", "content": f"q{i}"}],
+        )
+        usage = raw.parse().usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert not usage.prompt_tokens_details.cached_tokens  # too short to be cached
+        seen.append((raw.headers["X-DI-Replica"], raw.headers["X-DI-Cache"]))
+    assert len({replica for replica, _ in seen}) == 1, seen
+    assert [cache for _, cache in seen] == ["miss"] + ["hit"] * 5
+
+
 async def wait_idle(live: Stack) -> None:
     """Until the router has closed every upstream request (bounded)."""
     replicas = [r for pool in live.app[BALANCER].pools.values() for r in pool.replicas]
