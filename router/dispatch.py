@@ -28,7 +28,7 @@ from router.errors import UpstreamError, UpstreamTimeout
 from router.health import Failure
 from router.picker import Picker
 from router.placement import Outcome, Placement, Placer
-from router.prefix import Markers, find_markers
+from router.prefix import Markers, check_marker_places, find_markers
 from router.retry import Attempts, Route, Verdict, end
 from router.rewrite import Outgoing
 from router.store import PrefixStore
@@ -128,6 +128,8 @@ class Dispatcher:
         chain, markers = NO_PREFIX, None
         if automatic or raw is None or b'"cache_control"' in raw:
             found = find_markers(chat_body, surveyed)
+            if raw is not None:
+                check_marker_places(chat_body, raw, found.keys)
             markers = found if found.keys else None
             chain = build_chain(
                 chat_body,

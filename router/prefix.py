@@ -97,6 +97,91 @@ def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Marker
     return Markers(at, blocks, keys, top_level, tuple(holders), frozenset(turns))
 
 
+_MARKER_KEY = b'"cache_control"'
+
+
+def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
+    """Refuse a ``cache_control`` the router does not read (on a tool call, inside a tool's
+    ``function``, in ``response_format``...): it would be forwarded unread, and the client
+    would believe the prompt cached. ``known``: the keys ``find_markers`` counted where
+    breakpoints are read.
+
+    A count of the key's bytes in ``raw`` decides whether to look (one scan, stopped past
+    ``known``): an object key ``cache_control`` is the bytes ``"cache_control"``, which a
+    string holding those words shows escaped. Only a body with more of them than ``known``
+    is walked, to name the place (a string value that is exactly the word matches too, and
+    the walk then finds nothing)."""
+    at = raw.find(_MARKER_KEY)
+    seen = 0
+    while at != -1:
+        seen += 1
+        if seen > known:
+            break
+        at = raw.find(_MARKER_KEY, at + len(_MARKER_KEY))
+    else:
+        return
+    where = _stray_marker(body)
+    if where is not None:
+        raise InvalidRequest(
+            "cache_control is not read here: put it on a content part, a message, a tool "
+            "definition or the top level of the request.",
+            param=where,
+        )
+
+
+def _stray_marker(body: dict[str, Any]) -> str | None:
+    """The param of the first ``cache_control`` key outside the places breakpoints are read."""
+    for name, value in body.items():
+        if name == "messages" and isinstance(value, list):
+            for i, message in enumerate(value):
+                found = _stray_in(message, f"messages[{i}]", _MESSAGE_READS)
+                if found is not None:
+                    return found
+        elif name == "tools" and isinstance(value, list):
+            for i, tool in enumerate(value):
+                if (found := _stray_in(tool, f"tools[{i}]", _TOOL_READS)) is not None:
+                    return found
+        elif name != "cache_control" and (found := _stray(value, name)) is not None:
+            return found
+    return None
+
+
+# Where a message (and each of its content parts) and a tool definition hold a marker that is
+# read; everything below those is searched like any other value.
+_MESSAGE_READS = "message"
+_TOOL_READS = "tool"
+
+
+def _stray_in(item: Any, path: str, kind: str) -> str | None:
+    if not isinstance(item, dict):
+        return _stray(item, path)
+    for name, value in item.items():
+        if name == "cache_control":
+            continue  # read here
+        if kind == _MESSAGE_READS and name == "content" and isinstance(value, list):
+            for j, part in enumerate(value):
+                if (found := _stray_in(part, f"{path}.content[{j}]", "part")) is not None:
+                    return found
+        elif (found := _stray(value, f"{path}.{name}")) is not None:
+            return found
+    return None
+
+
+def _stray(value: Any, path: str) -> str | None:
+    """The first ``cache_control`` key anywhere in ``value``."""
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            if name == "cache_control":
+                return f"{path}.cache_control"
+            if (found := _stray(inner, f"{path}.{name}")) is not None:
+                return found
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            if (found := _stray(inner, f"{path}[{i}]")) is not None:
+                return found
+    return None
+
+
 def _ends_on_a_turn(messages: list[Any]) -> bool:
     """Whether the prompt's last block (automatic mode's breakpoint) is in a turn."""
     last = messages[-1] if messages else None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.chain import Prefix, build_chain
 from router.errors import InvalidRequest
-from router.prefix import strip_cache_control
+from router.prefix import check_marker_places, find_markers, strip_cache_control
 
 EPHEMERAL = {"type": "ephemeral"}
 NS = "pool\x00model"
@@ -162,3 +163,98 @@ def test_moving_or_rettling_a_marker_keeps_the_content_hash(
     earlier = data.draw(st.integers(0, last))
     both = find_breakpoints(_marked(chunks, {earlier, last}), NS)
     assert only_last[-1].key == both[-1].key
+
+
+MARKER = {"type": "ephemeral"}
+CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            chat(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{**CALL, "cache_control": MARKER}],
+                }
+            ),
+            "messages[0].tool_calls[0].cache_control",
+        ),
+        (
+            chat(
+                {"role": "user", "content": "hi"},
+                tools=[{"type": "function", "function": {"name": "f", "cache_control": MARKER}}],
+            ),
+            "tools[0].function.cache_control",
+        ),
+        (
+            chat(
+                {"role": "user", "content": "hi"},
+                response_format={"type": "json_object", "cache_control": MARKER},
+            ),
+            "response_format.cache_control",
+        ),
+        (
+            chat(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x/y.png", "cache_control": MARKER},
+                        }
+                    ],
+                }
+            ),
+            "messages[0].content[0].image_url.cache_control",
+        ),
+    ],
+)
+def test_a_marker_where_none_is_read_is_refused_by_name(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+    assert caught.value.param == param
+    assert caught.value.http_status == 400
+
+
+def test_the_word_cache_control_in_text_is_not_a_marker() -> None:
+    body = chat(
+        {"role": "user", "content": "cache_control"},
+        {"role": "user", "content": 'set "cache_control" on it'},
+        system("x"),
+    )
+    raw = orjson.dumps(body)
+    assert raw.count(b'"cache_control"') > find_markers(body).keys  # the walk runs, finds none
+    check_marker_places(body, raw, find_markers(body).keys)
+
+
+_read_places = st.fixed_dictionaries(
+    {},
+    optional={
+        "top": st.just(MARKER),
+        "tool": st.just(MARKER),
+        "message": st.just(MARKER),
+        "part": st.just(MARKER),
+        "null": st.none(),
+    },
+)
+
+
+@given(_read_places, st.text(max_size=30))
+def test_markers_where_they_are_read_are_never_refused(places: dict[str, Any], text: str) -> None:
+    tool: dict[str, Any] = {"type": "function", "function": {"name": "f"}}
+    part: dict[str, Any] = {"type": "text", "text": text}
+    message: dict[str, Any] = {"role": "user", "content": [part]}
+    if "tool" in places:
+        tool["cache_control"] = places["tool"]
+    if "part" in places:
+        part["cache_control"] = places["part"]
+    if "message" in places:
+        message["cache_control"] = places["message"]
+    if "null" in places:
+        tool["cache_control"] = None
+    extra = {"cache_control": MARKER} if "top" in places else {}
+    body = chat(message, {"role": "assistant", "content": text}, tools=[tool], **extra)
+    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)

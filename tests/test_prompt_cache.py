@@ -106,6 +106,21 @@ def test_no_breakpoint_is_none_and_bad_breakpoints_are_400(stack: Stack) -> None
     assert caught.value.body["param"] == "messages[0].content[0].cache_control.ttl"  # type: ignore[index]
 
 
+def test_a_marker_where_none_is_read_is_400_not_forwarded(stack: Stack) -> None:
+    """A ``cache_control`` the router does not read would reach the backend unread, and the
+    client would believe its prompt cached: it is a 400 naming the place."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    tool["function"]["cache_control"] = {"type": "ephemeral"}  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client().chat.completions.create(
+            model="m",
+            messages=cached_messages("q"),
+            tools=[tool],  # type: ignore[list-item]
+        )
+    assert caught.value.body["param"] == "tools[0].function.cache_control"  # type: ignore[index]
+    assert "not read here" in caught.value.message
+
+
 async def test_concurrent_first_requests_converge_on_one_replica(make_stack: Any) -> None:
     live = make_stack(sim=TIMED, replicas=4)
     async with live.aclient() as client:
