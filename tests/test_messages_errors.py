@@ -129,6 +129,39 @@ def body(**fields: Any) -> bytes:
         ),
         (body(cache_control="ephemeral"), "cache_control: cache_control must be an object"),
         (
+            body(
+                messages=[{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}]
+            ),
+            "messages.0.cache_control: Extra inputs are not permitted",
+        ),
+        (
+            body(
+                messages=[
+                    {"role": "user", "content": [{**text_block({"type": "ephemeral"}), "text": ""}]}
+                ]
+            ),
+            "messages.0.content.0.text: cache_control cannot be set for empty text blocks",
+        ),
+        (
+            body(
+                messages=[
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {
+                                "type": "redacted_thinking",
+                                "data": "x",
+                                "cache_control": {"type": "ephemeral"},
+                            },
+                            {"type": "text", "text": "y"},
+                        ],
+                    },
+                ]
+            ),
+            "messages.1.content.0.cache_control: Thinking blocks cannot be marked",
+        ),
+        (
             body(tools=[{"name": "f", "input_schema": {}, "cache_control": {}}]),
             "tools.0.cache_control.type",
         ),

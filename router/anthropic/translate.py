@@ -150,6 +150,13 @@ def _message(message: Any, param: str) -> list[dict[str, Any]]:
         raise MessagesInputError(
             f"Input should be 'user' or 'assistant', not {role!r}", f"{param}.role"
         )
+    if message.get("cache_control") is not None:
+        # Anthropic's messages take markers on their blocks only: one here would be dropped
+        # unread, and the client would believe the prompt cached.
+        raise MessagesInputError(
+            "Extra inputs are not permitted (put cache_control on a content block)",
+            f"{param}.cache_control",
+        )
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
@@ -200,6 +207,11 @@ def _assistant(blocks: list[dict[str, Any]], param: str) -> dict[str, Any]:
             if block.get("cache_control") is not None:
                 # The marker closes the prefix at the calls, which chat hashes as one block.
                 marker = _marker(block["cache_control"], f"{where}.cache_control")
+        elif block.get("cache_control") is not None:
+            # As Anthropic: a thinking block is cached with the turn, never marked itself.
+            raise MessagesInputError(
+                "Thinking blocks cannot be marked with cache_control", f"{where}.cache_control"
+            )
         # Thinking blocks are dropped: chat backends cannot take reasoning back as input.
     message: dict[str, Any] = {"role": "assistant", "content": parts or None}
     if calls:
@@ -264,7 +276,13 @@ def _part(block: Any, param: str) -> dict[str, Any]:
 
 
 def _text_part(block: dict[str, Any], param: str) -> dict[str, Any]:
-    return _marked(block, {"type": "text", "text": _string(block, "text", param)}, param)
+    text = _string(block, "text", param)
+    if not text and block.get("cache_control") is not None:
+        # Anthropic's own words: a breakpoint on nothing marks no prefix a cache could hold.
+        raise MessagesInputError(
+            "cache_control cannot be set for empty text blocks", f"{param}.text"
+        )
+    return _marked(block, {"type": "text", "text": text}, param)
 
 
 def _marked(block: dict[str, Any], part: dict[str, Any], param: str) -> dict[str, Any]:
