@@ -379,13 +379,19 @@ class RedisPrefixStore(PrefixStore):
         # When Redis answers it is the truth (another router may have removed a failed
         # holder), except for what this process recorded so recently that its write may still
         # be on its way; read after the answer, so records made meanwhile count too.
-        pending = self._pending(prefixes)
-        if pending is not None and (remote is None or pending.index > remote.index):
+        known = self._pending(prefixes)
+        if known is None and remote is None:
+            # Redis knows none of them, and this process does: Redis lost them (a restart,
+            # an eviction) more often than every holder was forgotten meanwhile. Placed
+            # afresh, a whole fleet's prefixes would move to cold replicas; kept, at worst a
+            # holder another router saw fail costs one failed attempt here (and is forgotten).
+            known = self.local.get(prefixes)
+        if known is not None and (remote is None or known.index > remote.index):
             # Put it (back) in Redis: the write may have been lost with a restart, and if
             # it is merely late, first-placement-wins makes the repeat harmless.
-            for holder in pending.holders:
-                self._write(self._record_call([prefixes[pending.index]], holder, first=True))
-            return Lookup(pending)
+            for holder in known.holders:
+                self._write(self._record_call([prefixes[known.index]], holder, first=True))
+            return Lookup(known)
         if remote is not None:
             self.local.replace(prefixes[remote.index], remote.holders)
         return Lookup(remote)

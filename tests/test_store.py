@@ -277,6 +277,36 @@ async def test_after_a_redis_restart_the_first_lookup_is_answered(
         await store.aclose()
 
 
+async def test_prefixes_a_restarted_redis_lost_keep_their_replicas(
+    redis_server: RedisServer,
+) -> None:
+    """Redis restarted empty: a router that knows where the prefixes are keeps them there (a
+    fleet's prefixes would otherwise move to cold replicas), and puts them back in Redis, so a
+    router that knew nothing finds them too. Where Redis still holds a prefix, Redis decides."""
+    clock = Clock()
+    knows = RedisPrefixStore.from_url(redis_server.url, timeout=1.0, clock=clock)
+    fresh = RedisPrefixStore.from_url(redis_server.url, timeout=1.0, clock=clock)
+    try:
+        for name, replica in (("a", "r1"), ("b", "r2")):
+            knows.record([bp(name)], replica, first=True)
+        await knows.flush()
+        redis_server.stop()
+        redis_server.start()  # empty
+        clock.now += 60  # long after the records were written: no write of them is pending
+        fresh.record([bp("b")], "r3", first=True)  # placed anew by a router that knew nothing
+        await fresh.flush()
+        kept = await knows.lookup([bp("a")])
+        assert not kept.degraded and kept.found is not None and kept.found.holders == ("r1",)
+        await knows.flush()
+        learnt = await fresh.lookup([bp("a")])
+        assert learnt.found is not None and learnt.found.holders == ("r1",)
+        redis_says = await knows.lookup([bp("b")])
+        assert redis_says.found is not None and redis_says.found.holders == ("r3",)
+    finally:
+        await knows.aclose()
+        await fresh.aclose()
+
+
 async def test_a_redis_check_tells_whether_redis_answers_and_ends_a_rest(
     redis_server: RedisServer,
 ) -> None:
