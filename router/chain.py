@@ -22,6 +22,7 @@ Two kinds of request:
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import islice
@@ -166,6 +167,51 @@ def _automatic(body: dict[str, Any], namespace: str, minimum: int) -> PrefixChai
         return PrefixChain(automatic=True)
     records = [lookups[0]] if len(lookups) == 1 else [lookups[0], lookups[-1]]
     return PrefixChain(lookups, records, automatic=True)
+
+
+def prompt_chain(prompt: Any, namespace: str, minimum: int) -> PrefixChain:
+    """Automatic prefixes of a legacy completion's prompt: one string, or one array of token
+    ids (a batch of prompts gets none). A prompt has no messages to mark where its prefixes
+    end, so its boundaries fall every ``PROMPT_CHUNK_TOKENS`` (estimated) from its start:
+    prompts that share a start (a few-shot preamble, a document) or extend an earlier one
+    (an agent's growing transcript) share the keys of the chunks they have in common. As for
+    messages, the first boundary worth a key and the last ``LOOKBACK_BLOCKS`` are looked up,
+    and the first and the last recorded."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        data, per_token = prompt.encode(), BYTES_PER_TOKEN
+    elif isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
+        data, per_token = _token_bytes(prompt), _TOKEN_ID_BYTES
+    else:
+        return PrefixChain(automatic=True)
+    step = PROMPT_CHUNK_TOKENS * per_token
+    first = max(step, -(-minimum * per_token // step) * step)  # the first chunk end worth a key
+    ends = range(first, len(data) + 1, step)
+    if not ends:
+        return PrefixChain(automatic=True)
+    wanted = sorted({ends[0], *ends[-LOOKBACK_BLOCKS:]})
+    running = _hasher(namespace.encode() + b"\x00prompt")
+    lookups: list[Prefix] = []
+    done = 0
+    for end in wanted:
+        running.update(memoryview(data)[done:end])
+        done = end
+        key = running.copy().digest()[:_KEY_BYTES].hex()
+        lookups.append(Prefix(key, AUTOMATIC_TTL, end // per_token))
+    records = [lookups[0]] if len(lookups) == 1 else [lookups[0], lookups[-1]]
+    return PrefixChain(lookups, records, automatic=True)
+
+
+PROMPT_CHUNK_TOKENS = 256
+_TOKEN_ID_BYTES = 8
+
+
+def _token_bytes(tokens: list[int]) -> bytes:
+    try:
+        return array("q", tokens).tobytes()
+    except OverflowError:  # an id no model has: hashed as text instead, still consistently
+        return str(tokens).encode()
 
 
 def _boundaries(messages: list[Any], total: int, least: int) -> list[int]:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from router.balancer import Balancer, Pool, Replica
-from router.chain import NO_PREFIX, PrefixChain, build_chain
+from router.chain import NO_PREFIX, PrefixChain, build_chain, prompt_chain
 from router.classify import RequestType, classify
 from router.config import BackendConfig, RouterConfig
 from router.context import RequestContext
@@ -148,6 +148,18 @@ class Dispatcher:
             scope=scope,
             effort=ctx.effort,
         )
+
+    def plan_completion(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
+        """A legacy completion: always ``text`` (a prompt string carries no messages, tools
+        or formats), with automatic prefixes at fixed boundaries of its prompt
+        (``chain.prompt_chain``) while automatic prefixes are on."""
+        plan = self.plan({"model": body["model"]}, ctx)
+        if not self._cache.automatic:
+            return plan
+        backend = plan.backend
+        namespace = scoped_namespace(self._namespace(backend, body), plan.scope)
+        least = max(backend.cache.min_tokens, self._cache.automatic_min_tokens)
+        return replace(plan, chain=prompt_chain(body.get("prompt"), namespace, least))
 
     def _pools(self, request_type: RequestType, effort: str | None) -> list[Pool]:
         key = (request_type, effort)

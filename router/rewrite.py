@@ -75,6 +75,9 @@ RESPONSES = Shape(_strip_input, _set_nested_effort, prompt_cache_key=True)
 # Anthropic's effort levels are not OpenAI's reasoning_effort values: a Messages body keeps
 # the client's own setting.
 MESSAGES = Shape(_strip_messages, None, prompt_cache_key=False)
+# A legacy completion: no markers to strip (a top-level one is refused), and no
+# prompt_cache_key (OpenAI's legacy completions take none).
+COMPLETIONS = Shape(strip_cache_control, _set_reasoning_effort, prompt_cache_key=False)
 # The chat body translated from a Messages request, for a chat backend.
 CHAT_FROM_MESSAGES = Shape(
     strip_cache_control, _set_reasoning_effort, prompt_cache_key=True, continues_prefill=True

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.chain import LOOKBACK_BLOCKS, build_chain
+from router.chain import LOOKBACK_BLOCKS, PROMPT_CHUNK_TOKENS, build_chain, prompt_chain
+from router.prefix import BYTES_PER_TOKEN
 
 NS = "pool\x00model"
 EPHEMERAL = {"type": "ephemeral"}
@@ -149,3 +150,35 @@ def test_automatic_keys_are_the_keys_of_the_shorter_conversations(
     expected = ([wanted[0]] if wanted and wanted[0] not in tail else []) + tail
     assert [p.key for p in chain.lookups] == [p.key for _, p in expected]
     assert [p.tokens for p in chain.lookups] == sorted(p.tokens for p in chain.lookups)
+
+
+def test_a_prompt_has_boundaries_every_chunk_from_its_start() -> None:
+    chunk = PROMPT_CHUNK_TOKENS * BYTES_PER_TOKEN
+    text = "x" * (chunk * 30 + 5)
+    chain = prompt_chain(text, "ns", minimum=1024)
+    tokens = [p.tokens for p in chain.lookups]
+    first = 1024 // PROMPT_CHUNK_TOKENS  # the first chunk end holding 1,024 tokens
+    assert tokens[0] == first * PROMPT_CHUNK_TOKENS
+    assert tokens[1:] == [n * PROMPT_CHUNK_TOKENS for n in range(30 - LOOKBACK_BLOCKS + 1, 31)]
+    assert [p.key for p in chain.records] == [chain.lookups[0].key, chain.lookups[-1].key]
+    # A longer prompt with the same start has the same keys where the chunks are the same.
+    longer = prompt_chain(text + "y" * chunk * 3, "ns", minimum=1024)
+    assert chain.lookups[-1].key in {p.key for p in longer.lookups}
+    assert prompt_chain(text, "other", minimum=1024).lookups[0].key != chain.lookups[0].key
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["short", ["a" * 20_000, "b" * 20_000], [[1, 2], [3]], [], 5, [1.5] * 5000],
+)
+def test_no_automatic_prefix_for_short_batched_or_odd_prompts(prompt: Any) -> None:
+    assert prompt_chain(prompt, "ns", minimum=1024).lookups == []
+
+
+def test_a_one_prompt_batch_and_token_ids_have_prefixes() -> None:
+    text = "z" * 20_000
+    assert prompt_chain([text], "ns", 1024).lookups == prompt_chain(text, "ns", 1024).lookups
+    ids = prompt_chain(list(range(3000)), "ns", 1024)
+    assert ids.lookups and ids.lookups[0].tokens == 1024
+    huge = prompt_chain([2**63 + 1] * 3000, "ns", 1024)  # past int64: hashed as text
+    assert huge.lookups

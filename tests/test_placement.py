@@ -166,6 +166,37 @@ def test_a_prefix_shorter_than_a_kv_block_keeps_its_replica(make_stack: Any) -> 
     assert [cache for _, cache in seen] == ["miss"] + ["hit"] * 5
 
 
+def test_legacy_completions_sharing_a_prompt_start_share_a_replica(make_stack: Any) -> None:
+    """``/v1/completions`` prompts get automatic prefixes at fixed boundaries: a shared
+    preamble, a prompt that extends an earlier one, and token-id prompts land where their
+    start is cached; a short prompt has none."""
+    live = make_stack(replicas=4)
+    client = live.client()
+    preamble = system_prompt(salt="legacy")  # well over 1,024 estimated tokens
+
+    def complete(prompt: Any) -> tuple[str, str, int]:
+        raw = client.completions.with_raw_response.create(model="m", prompt=prompt, max_tokens=2)
+        usage = raw.parse().usage
+        details = usage.prompt_tokens_details if usage is not None else None
+        cached = (details.cached_tokens or 0) if details is not None else 0
+        return raw.headers["X-DI-Replica"], raw.headers["X-DI-Cache"], cached
+
+    first = complete(preamble + "\nQ: one?")
+    second = complete(preamble + "\nQ: two?")
+    grown = complete(preamble + "\nQ: one?\nA: yes.\nQ: and then?")
+    assert first[1] == "miss" and second[1] == "hit" and grown[1] == "hit"
+    assert first[0] == second[0] == grown[0]
+    assert second[2] > 1000 and grown[2] > 1000  # the replica had the start cached
+    tokens = list(range(5000))
+    assert [complete(tokens)[1], complete([*tokens, 7, 8, 9])[1]] == ["miss", "hit"]
+    assert complete("Say hi")[1] == "none"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(
+            model="m", prompt=preamble, extra_body={"cache_control": {"type": "ephemeral"}}
+        )
+    assert caught.value.body["param"] == "cache_control"  # type: ignore[index]
+
+
 async def wait_idle(live: Stack) -> None:
     """Until the router has closed every upstream request (bounded)."""
     replicas = [r for pool in live.app[BALANCER].pools.values() for r in pool.replicas]

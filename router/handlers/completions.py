@@ -10,7 +10,7 @@ from router import effort
 from router.errors import InvalidRequest
 from router.handlers.common import context, read_json, relay_json, relay_sse
 from router.keys import DISPATCHER
-from router.rewrite import Outgoing
+from router.rewrite import COMPLETIONS, Outgoing
 from router.validate import check_model, check_sampling
 
 
@@ -20,11 +20,17 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     check_model(body)
     _check_prompt(body.get("prompt"))
     check_sampling(body)
+    if "cache_control" in body:
+        # Nothing marks where a prompt string's prefix ends: its prefixes are automatic.
+        raise InvalidRequest(
+            "cache_control is not read on /v1/completions: prompts get automatic prefixes.",
+            param="cache_control",
+        )
     ctx.effort = effort.resolve(request.headers, request.query, body)
     dispatcher = request.app[DISPATCHER]
-    # A prompt string carries no messages, tools or formats: always the text pool.
-    plan = dispatcher.plan({"model": body["model"]}, ctx)
-    async with dispatcher.dispatch(ctx, plan, "/completions", Outgoing(body, raw)) as routed:
+    plan = dispatcher.plan_completion(body, ctx)
+    outgoing = Outgoing(body, raw, COMPLETIONS)
+    async with dispatcher.dispatch(ctx, plan, "/completions", outgoing) as routed:
         if body.get("stream"):
             return await relay_sse(request, routed, ctx, body["model"])
         response, _ = await relay_json(routed, ctx, body["model"])
