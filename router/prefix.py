@@ -101,7 +101,7 @@ _MARKER_KEY = b'"cache_control"'
 
 
 def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
-    """Refuse a ``cache_control`` the router does not read (on a tool call, inside a tool's
+    """Refuse a ``cache_control`` where a breakpoint is not read (on a tool call, on a tool's
     ``function``, in ``response_format``...): it would be forwarded unread, and the client
     would believe the prompt cached. ``known``: the keys ``find_markers`` counted where
     breakpoints are read.
@@ -109,8 +109,8 @@ def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
     A count of the key's bytes in ``raw`` decides whether to look (one scan, stopped past
     ``known``): an object key ``cache_control`` is the bytes ``"cache_control"``, which a
     string holding those words shows escaped. Only a body with more of them than ``known``
-    is walked, to name the place (a string value that is exactly the word matches too, and
-    the walk then finds nothing)."""
+    is searched (``_stray_marker``), to name the place; a string that is exactly the word,
+    or a schema property of that name, matches too, and the search then finds nothing."""
     at = raw.find(_MARKER_KEY)
     seen = 0
     while at != -1:
@@ -130,56 +130,48 @@ def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
 
 
 def _stray_marker(body: dict[str, Any]) -> str | None:
-    """The param of the first ``cache_control`` key outside the places breakpoints are read."""
-    for name, value in body.items():
-        if name == "messages" and isinstance(value, list):
-            for i, message in enumerate(value):
-                found = _stray_in(message, f"messages[{i}]", _MESSAGE_READS)
-                if found is not None:
-                    return found
-        elif name == "tools" and isinstance(value, list):
-            for i, tool in enumerate(value):
-                if (found := _stray_in(tool, f"tools[{i}]", _TOOL_READS)) is not None:
-                    return found
-        elif name != "cache_control" and (found := _stray(value, name)) is not None:
-            return found
+    """The param of the first ``cache_control`` key where a client might put a breakpoint
+    that is not read: on a tool call or its function, in a content part's object (an
+    ``image_url``), on a tool's ``function``, a legacy ``functions`` entry or
+    ``response_format``. Not deeper: a JSON schema (a tool's ``parameters``, a
+    ``json_schema``) may well describe a property of that name."""
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict) and (found := _stray_in_message(message)) is not None:
+            return f"messages[{i}].{found}"
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if isinstance(tool, dict) and _holds_marker(tool.get("function")):
+            return f"tools[{i}].function.cache_control"
+    functions = body.get("functions")
+    for i, function in enumerate(functions if isinstance(functions, list) else ()):
+        if _holds_marker(function):
+            return f"functions[{i}].cache_control"
+    if _holds_marker(body.get("response_format")):
+        return "response_format.cache_control"
     return None
 
 
-# Where a message (and each of its content parts) and a tool definition hold a marker that is
-# read; everything below those is searched like any other value.
-_MESSAGE_READS = "message"
-_TOOL_READS = "tool"
-
-
-def _stray_in(item: Any, path: str, kind: str) -> str | None:
-    if not isinstance(item, dict):
-        return _stray(item, path)
-    for name, value in item.items():
-        if name == "cache_control":
-            continue  # read here
-        if kind == _MESSAGE_READS and name == "content" and isinstance(value, list):
-            for j, part in enumerate(value):
-                if (found := _stray_in(part, f"{path}.content[{j}]", "part")) is not None:
-                    return found
-        elif (found := _stray(value, f"{path}.{name}")) is not None:
-            return found
+def _stray_in_message(message: dict[str, Any]) -> str | None:
+    calls = message.get("tool_calls")
+    for j, call in enumerate(calls if isinstance(calls, list) else ()):
+        if _holds_marker(call):
+            return f"tool_calls[{j}].cache_control"
+        if isinstance(call, dict) and _holds_marker(call.get("function")):
+            return f"tool_calls[{j}].function.cache_control"
+    if _holds_marker(message.get("function_call")):
+        return "function_call.cache_control"
+    content = message.get("content")
+    for j, part in enumerate(content if isinstance(content, list) else ()):
+        if isinstance(part, dict):
+            for name, value in part.items():
+                if _holds_marker(value):
+                    return f"content[{j}].{name}.cache_control"
     return None
 
 
-def _stray(value: Any, path: str) -> str | None:
-    """The first ``cache_control`` key anywhere in ``value``."""
-    if isinstance(value, dict):
-        for name, inner in value.items():
-            if name == "cache_control":
-                return f"{path}.cache_control"
-            if (found := _stray(inner, f"{path}.{name}")) is not None:
-                return found
-    elif isinstance(value, list):
-        for i, inner in enumerate(value):
-            if (found := _stray(inner, f"{path}[{i}]")) is not None:
-                return found
-    return None
+def _holds_marker(value: Any) -> bool:
+    return isinstance(value, dict) and "cache_control" in value
 
 
 def _ends_on_a_turn(messages: list[Any]) -> bool:

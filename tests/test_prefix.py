@@ -219,6 +219,18 @@ def test_a_marker_where_none_is_read_is_refused_by_name(body: dict[str, Any], pa
     assert caught.value.http_status == 400
 
 
+def test_a_schema_property_named_cache_control_is_not_a_marker() -> None:
+    """A JSON schema may describe a ``cache_control`` property (an HTTP tool's argument)."""
+    schema = {"type": "object", "properties": {"cache_control": {"type": "string"}}}
+    tool = {"type": "function", "function": {"name": "fetch", "parameters": schema}}
+    body = chat(
+        {"role": "user", "content": "hi"},
+        tools=[tool],
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+    )
+    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+
+
 def test_the_word_cache_control_in_text_is_not_a_marker() -> None:
     body = chat(
         {"role": "user", "content": "cache_control"},
