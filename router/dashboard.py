@@ -72,9 +72,11 @@ def dashboard_data(
     balancer: Balancer,
     errors: RecentErrors,
     *,
+    redis_up: bool | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-ready mapping."""
+    """Everything the page shows, as one JSON-ready mapping. ``redis_up``: whether the
+    shared prefix index answers (None: there is none, the index is in memory)."""
     samples = _samples(registry)
     requests = samples.get("di_requests_total", [])
     cache = _sum_by(requests, "cache", routed_only=True)
@@ -91,6 +93,7 @@ def dashboard_data(
         "cache": {
             "outcomes": cache,
             "hit_rate": cache.get("hit", 0.0) / looked_up if looked_up else None,
+            "index": "memory" if redis_up is None else "redis" if redis_up else "redis down",
         },
         "tokens": {
             "input": tokens.get("input", 0.0),

@@ -151,7 +151,7 @@ class Metrics:
         )
         self.redis_up = Gauge(
             "di_redis_up",
-            "1 while the shared prefix index (Redis) answers, 0 while it rests after a fault.",
+            "1 while the shared prefix index (Redis) answers, 0 from a fault until it answers.",
             registry=r,
             multiprocess_mode="livemin",
         )

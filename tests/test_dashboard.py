@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router import dashboard
 from router.dashboard import _quantile
+from router.keys import BALANCER, METRICS
 
 from .conftest import Stack
 
@@ -49,6 +51,22 @@ def dashboard_data(stack: Stack) -> dict[str, Any]:
     return stack.run(fetch())
 
 
+@pytest.mark.parametrize(
+    ("redis_up", "index"), [(None, "memory"), (True, "redis"), (False, "redis down")]
+)
+def test_the_figures_say_where_the_prefix_index_is_and_whether_it_answers(
+    make_stack: Any, redis_up: bool | None, index: str
+) -> None:
+    stack = make_stack()
+    figures = dashboard.dashboard_data(
+        stack.app[METRICS].scrape_registry(),
+        stack.app[BALANCER],
+        dashboard.RecentErrors(),
+        redis_up=redis_up,
+    )
+    assert figures["cache"]["index"] == index
+
+
 def test_figures_follow_traffic(make_stack: Any) -> None:
     stack = make_stack()
     client = stack.client()
@@ -81,6 +99,7 @@ def test_figures_follow_traffic(make_stack: Any) -> None:
     assert data["requests"]["by_type"] == {"text": 3.0, "json": 1.0}
     assert data["requests"]["by_backend"] == {"sim-text": 3.0, "sim-json": 1.0}
     assert data["cache"]["outcomes"]["hit"] == 2 and data["cache"]["hit_rate"] == 2 / 3
+    assert data["cache"]["index"] == "memory"
     assert 0 < data["tokens"]["cached_share"] < 1
     assert data["ttft_ms"]["count"] == 3 and data["ttft_ms"]["streamed"] is True
     assert 0 < data["ttft_ms"]["p50"] <= data["ttft_ms"]["p90"]
@@ -226,6 +245,8 @@ def test_the_page_renders_and_its_figures_change_after_traffic(make_stack: Any) 
                 )
             )
             assert hit_rate == "50.0%"
+            detail = await page.evaluate("document.getElementById('hit-detail').textContent")
+            assert detail.endswith("index: memory")
             ttft = await page.evaluate("document.getElementById('ttft-p50').textContent")
             assert ttft.endswith(("ms", " s"))
             replicas = await page.evaluate("document.getElementById('replicas').textContent")

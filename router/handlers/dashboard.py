@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.dashboard import dashboard_data, refresh_gauges
 from router.keys import BALANCER, METRICS, RECENT_ERRORS, STORE
+from router.redis_store import RedisPrefixStore
 
 
 @cache
@@ -37,8 +38,12 @@ async def data(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     # This process's figures are current; the other workers' were set at their last request's
     # end or scrape.
-    refresh_gauges(metrics, app[BALANCER], app[STORE], time.monotonic())
-    figures = dashboard_data(metrics.scrape_registry(), app[BALANCER], app[RECENT_ERRORS])
+    store = app[STORE]
+    refresh_gauges(metrics, app[BALANCER], store, time.monotonic())
+    redis_up = store.answering if isinstance(store, RedisPrefixStore) else None
+    figures = dashboard_data(
+        metrics.scrape_registry(), app[BALANCER], app[RECENT_ERRORS], redis_up=redis_up
+    )
     return web.Response(
         body=orjson.dumps(figures),
         content_type="application/json",
