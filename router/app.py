@@ -178,7 +178,10 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             # place without the counts and break ties by rendezvous alone, and so alike.
             app[STORE] = MemoryPrefixStore(cache.memory_max_entries, ordered=not app[WORKER])
     store = app[STORE]
-    watch = asyncio.create_task(store.watch()) if isinstance(store, RedisPrefixStore) else None
+    watch = None
+    # A store handed in (tests) is watched by its owner, if at all.
+    if owned and isinstance(store, RedisPrefixStore):
+        watch = asyncio.create_task(store.watch())
     yield
     if watch is not None:
         watch.cancel()

@@ -171,7 +171,8 @@ def _stray_in_message(message: dict[str, Any]) -> str | None:
 
 
 def _holds_marker(value: Any) -> bool:
-    return isinstance(value, dict) and "cache_control" in value
+    """A marker that is there (a null one is none, as where markers are read)."""
+    return isinstance(value, dict) and value.get("cache_control") is not None
 
 
 def _ends_on_a_turn(messages: list[Any]) -> bool:

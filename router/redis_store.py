@@ -13,8 +13,10 @@ Redis is an accelerator, not a dependency:
   outage (with rendezvous placement of new prefixes, which needs no shared state);
 * a slow or failed command counts as a fault; only ``failure_threshold`` faults in a row
   mark Redis down, for ``retry_after`` seconds, and one success clears the count;
-* a router with no traffic pings Redis every second (``watch``), so it knows whether Redis
-  answers before a request has to find out, and takes it back as soon as it does;
+* every router reads the index's epoch every second (``watch``): one without traffic still
+  knows whether Redis answers, and a Redis that lost its data (a restart without persistence,
+  a flush) is refilled with what each router knew from before, rather than every prefix
+  being placed afresh on cold replicas;
 * each lookup (and each batch of writes) runs in its own task, awaited through
   ``asyncio.shield``: a client that goes away, or the lookup deadline, abandons the wait,
   never the command, so its connection goes back to the pool whole instead of being dropped
@@ -277,7 +279,8 @@ class RedisPrefixStore(PrefixStore):
         self._record_script = redis.register_script(_RECORD_LUA)
         self._failures = 0
         self._down_until = 0.0
-        self._answered_at = float("-inf")  # when a command last answered
+        self._epoch: bytes | None = None  # the index's epoch, as last read (``check``)
+        self._lost_at = float("-inf")  # when the index was last seen to have lost its data
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[Write] = deque(maxlen=max_queued)  # writes waiting, oldest first
         self.dropped_writes = 0  # writes the full queue let go
@@ -332,27 +335,45 @@ class RedisPrefixStore(PrefixStore):
 
     def _answered(self) -> None:
         self._failures = 0
-        self._answered_at = self._clock()
 
     async def check(self) -> bool:
-        """Ping Redis and count the outcome as a command's: a success ends a rest at once."""
+        """Read the index's epoch (made if missing), counting the outcome as a command's.
+
+        An epoch that went or changed since the last check means Redis lost its data (a
+        restart without persistence, a flush): ``lookup`` then puts back what this process
+        knew from before. A rest is not cut short: a Redis slow enough to have caused it may
+        still answer one small command in time.
+        """
         try:
-            await self._shielded(self.redis.ping, self._timeout * 4)
+            epoch = await self._shielded(self._epoch_now, self._timeout * 4)
         except _FAULTS as exc:
             self._fault(exc)
             return False
         self._answered()
-        self._down_until = 0.0
+        if self._epoch is not None and epoch != self._epoch:
+            self._lost_at = self._clock()
+            log.warning("redis prefix store: the index lost its data; refilling what this knew")
+        self._epoch = epoch
         return True
 
+    async def _epoch_now(self) -> bytes | None:
+        key = f"{self._key_prefix}epoch"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, secrets.token_hex(8), nx=True)
+        pipe.get(key)
+        _, epoch = await pipe.execute()
+        return epoch if isinstance(epoch, bytes) else None
+
     async def watch(self, interval: float = 1.0) -> None:
-        """Run ``check`` whenever no command answered for ``interval`` seconds: an idle
-        router then still knows, and reports (``di_redis_up``), whether Redis answers, and
-        a resting one takes Redis back as soon as it answers, not at its next request."""
+        """Run ``check`` every ``interval`` seconds: a router without traffic still knows,
+        and reports (``di_redis_up``), whether Redis answers, and every router learns soon
+        when Redis lost its data."""
         while True:
             await asyncio.sleep(interval)
-            if self._clock() - self._answered_at >= interval:
+            try:
                 await self.check()
+            except Exception:  # a bug, not Redis: say so, and keep watching
+                log.exception("redis prefix store: checking redis failed")
 
     async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
@@ -380,12 +401,14 @@ class RedisPrefixStore(PrefixStore):
         # holder), except for what this process recorded so recently that its write may still
         # be on its way; read after the answer, so records made meanwhile count too.
         known = self._pending(prefixes)
-        if known is None and remote is None:
-            # Redis knows none of them, and this process does: Redis lost them (a restart,
-            # an eviction) more often than every holder was forgotten meanwhile. Placed
-            # afresh, a whole fleet's prefixes would move to cold replicas; kept, at worst a
-            # holder another router saw fail costs one failed attempt here (and is forgotten).
-            known = self.local.get(prefixes)
+        if known is None:
+            # Redis lost its data (``check`` saw its epoch go): what this process knew from
+            # before is put back, once, rather than a whole fleet's prefixes placed afresh on
+            # cold replicas. Only from before: a holder another router forgot since the loss
+            # (it failed) stays forgotten, unless a router refills it first, once.
+            known = self.local.get(prefixes, seen_before=self._lost_at)
+            if known is not None and (remote is None or known.index > remote.index):
+                self.local.replace(prefixes[known.index], known.holders)  # seen: not again
         if known is not None and (remote is None or known.index > remote.index):
             # Put it (back) in Redis: the write may have been lost with a restart, and if
             # it is merely late, first-placement-wins makes the repeat harmless.
@@ -685,6 +708,8 @@ class RedisPrefixStore(PrefixStore):
             log.warning(
                 "redis not reachable at start-up (%s); local index only", type(exc).__name__
             )
+            return
+        await self.check()  # the epoch a later loss of the index is told by
 
     async def flush(self) -> None:
         if self._tasks:

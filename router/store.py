@@ -221,12 +221,15 @@ class PrefixStore(ABC):
 
 
 class _Entry:
-    __slots__ = ("expires", "holders", "recorded")
+    __slots__ = ("expires", "holders", "recorded", "seen")
 
-    def __init__(self, holders: dict[str, None], expires: float, recorded: float) -> None:
+    def __init__(
+        self, holders: dict[str, None], expires: float, recorded: float, seen: float
+    ) -> None:
         self.holders = holders  # insertion-ordered: the first placement first
         self.expires = expires
         self.recorded = recorded  # when this process last recorded a holder
+        self.seen = seen  # when this process last recorded or learnt its holders
 
 
 class _Recency:
@@ -415,10 +418,15 @@ class MemoryPrefixStore(PrefixStore):
         return self._pools is not None
 
     def get(
-        self, prefixes: Sequence[Prefix], *, recorded_after: float | None = None
+        self,
+        prefixes: Sequence[Prefix],
+        *,
+        recorded_after: float | None = None,
+        seen_before: float | None = None,
     ) -> Found | None:
         """The synchronous lookup behind ``lookup``; with ``recorded_after``, only among the
-        entries recorded since then."""
+        entries recorded since then; with ``seen_before``, only among those last recorded or
+        learnt before then."""
         now = self._clock()
         entries = self._entries
         for index in range(len(prefixes) - 1, -1, -1):
@@ -430,6 +438,8 @@ class MemoryPrefixStore(PrefixStore):
                 del entries[key]
                 continue
             if recorded_after is not None and entry.recorded < recorded_after:
+                continue
+            if seen_before is not None and entry.seen >= seen_before:
                 continue
             for shorter in prefixes[: index + 1]:
                 if (held := entries.get(shorter.key)) is not None:
@@ -491,11 +501,11 @@ class MemoryPrefixStore(PrefixStore):
         entries = self._entries
         entry = entries.get(prefix.key)
         if entry is None or entry.expires <= now or not entry.holders:
-            entries[prefix.key] = _Entry({replica: None}, now + ttl, now)
+            entries[prefix.key] = _Entry({replica: None}, now + ttl, now, now)
         elif not first:
             entry.holders[replica] = None
             entry.expires = max(entry.expires, now + ttl)
-            entry.recorded = now
+            entry.recorded = entry.seen = now
         entries.move_to_end(prefix.key)
         self._bound()
 
@@ -513,7 +523,7 @@ class MemoryPrefixStore(PrefixStore):
             now = self._clock()
             recorded = now if ours else -1.0
             expires = now + (prefix.ttl if ttl is None else ttl)
-            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires, recorded)
+            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires, recorded, now)
             self._entries.move_to_end(prefix.key)
             self._bound()
 

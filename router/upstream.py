@@ -369,7 +369,7 @@ def scrub(text: str, replica: Replica) -> str:
         text = _without_fragments(text, key.get_secret_value())
     port = _port(parts)
     if port is not None:
-        text = re.sub(rf"(?i)(?::|%3a){port}(?!\d)", ":[redacted]", text)
+        text = re.sub(rf"(?i)(:|%3a|\bport\W{{0,3}}){port}(?!\d)", r"\1[redacted]", text)
     return _CREDENTIALS.sub("[redacted]", text)
 
 
@@ -385,8 +385,10 @@ def _without_fragments(text: str, secret: str) -> str:
     folded = secret.casefold()
     grams = {folded[i : i + least] for i in range(len(folded) - least + 1)}
     lower = text.casefold()
-    if len(lower) != len(text):  # a character whose case folding is longer: compare as is
-        lower = text
+    if len(lower) != len(text):
+        # A character whose folding is longer (ß, İ): fold the others one by one, so that
+        # positions still match the text's.
+        lower = "".join(c if len(f := c.casefold()) != 1 else f for c in text)
     covered = [False] * len(text)
     found = False
     for i in range(len(text) - least + 1):

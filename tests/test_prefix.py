@@ -219,6 +219,15 @@ def test_a_marker_where_none_is_read_is_refused_by_name(body: dict[str, Any], pa
     assert caught.value.http_status == 400
 
 
+def test_a_null_marker_anywhere_is_no_marker() -> None:
+    call = {**CALL, "cache_control": None}
+    body = chat(
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        response_format={"type": "text", "cache_control": None},
+    )
+    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+
+
 def test_a_schema_property_named_cache_control_is_not_a_marker() -> None:
     """A JSON schema may describe a ``cache_control`` property (an HTTP tool's argument)."""
     schema = {"type": "object", "properties": {"cache_control": {"type": "string"}}}

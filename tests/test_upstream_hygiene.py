@@ -6,15 +6,23 @@ upstream error text never carries the router's upstream key or a replica's addre
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import openai
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from router.config import RouterConfig
-from router.upstream import MalformedStream, check_sse_event, model_field, rewrite_model
+from router.upstream import (
+    MalformedStream,
+    check_sse_event,
+    model_field,
+    rewrite_model,
+    scrub,
+)
 
 from .conftest import Stack, with_replicas
 from .scripted import Replicas
@@ -198,3 +206,12 @@ def test_the_model_id_is_rewritten_to_the_clients() -> None:
     # "model" as a value first, then as the key: the key's value is the one rewritten.
     listed = b'{"object": "model", "model": "llama-3-8b"}'
     assert rewrite_model(listed, field) == b'{"object": "model", "model":"gpt-mini"}'
+
+
+def test_scrub_finds_key_fragments_beside_characters_whose_case_folds_longer() -> None:
+    """``ß`` folds to ``ss``: the comparison must still line up with the text."""
+    backend = SimpleNamespace(api_key=SecretStr("AKIAIOSFODNN7EXAMPLEKEY9"))
+    replica: Any = SimpleNamespace(url="http://127.0.0.1:19111/v1", backend=backend)
+    text = scrub("Größe: key AKIAIOSFODNN7EXA, İ akiaiosfodnn7; port 19111, port=19111", replica)
+    assert "AKIAIOSF" not in text and "akiaiosf" not in text and "19111" not in text
+    assert text.startswith("Größe: key [redacted]")

@@ -20,7 +20,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     check_model(body)
     _check_prompt(body.get("prompt"))
     check_sampling(body)
-    if "cache_control" in body:
+    if body.get("cache_control") is not None:
         # Nothing marks where a prompt string's prefix ends: its prefixes are automatic.
         raise InvalidRequest(
             "cache_control is not read on /v1/completions: prompts get automatic prefixes.",
