@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -392,6 +393,9 @@ def check_redis_url(url: SecretStr | None) -> SecretStr | None:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     try:
         parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        database = urlsplit(value).path.strip("/")
+        if not value.startswith("unix") and database and not database.isdigit():
+            raise ValueError("redis-py would use database 0 instead")
     except ValueError:
         raise ValueError(
             "is not a usable Redis URL: its port, database number or options could not be read"

@@ -134,7 +134,12 @@ def test_serve_reports_a_bad_option_without_a_traceback(
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://:s3cret@127.0.0.1:notaport/0", "redis://:s3cret@127.0.0.1:99999/0"]
+    "url",
+    [
+        "redis://:s3cret@127.0.0.1:notaport/0",
+        "redis://:s3cret@127.0.0.1:99999/0",
+        "redis://:s3cret@127.0.0.1:6379/zero",
+    ],
 )
 def test_check_config_refuses_a_redis_url_serve_could_not_use(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
