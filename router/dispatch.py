@@ -128,8 +128,7 @@ class Dispatcher:
         chain, markers = NO_PREFIX, None
         if automatic or raw is None or b'"cache_control"' in raw:
             found = find_markers(chat_body, surveyed)
-            if raw is not None:
-                check_marker_places(chat_body, raw, found.keys)
+            check_marker_places(chat_body, surveyed)
             markers = found if found.keys else None
             chain = build_chain(
                 chat_body,

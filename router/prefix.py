@@ -97,30 +97,12 @@ def find_markers(body: dict[str, Any], surveyed: Survey | None = None) -> Marker
     return Markers(at, blocks, keys, top_level, tuple(holders), frozenset(turns))
 
 
-_MARKER_KEY = b'"cache_control"'
-
-
-def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
+def check_marker_places(body: dict[str, Any], surveyed: Survey | None = None) -> None:
     """Refuse a ``cache_control`` where a breakpoint is not read (on a tool call, on a tool's
-    ``function``, in ``response_format``...): it would be forwarded unread, and the client
-    would believe the prompt cached. ``known``: the keys ``find_markers`` counted where
-    breakpoints are read.
-
-    A count of the key's bytes in ``raw`` decides whether to look (one scan, stopped past
-    ``known``): an object key ``cache_control`` is the bytes ``"cache_control"``, which a
-    string holding those words shows escaped. Only a body with more of them than ``known``
-    is searched (``_stray_marker``), to name the place; a string that is exactly the word,
-    or a schema property of that name, matches too, and the search then finds nothing."""
-    at = raw.find(_MARKER_KEY)
-    seen = 0
-    while at != -1:
-        seen += 1
-        if seen > known:
-            break
-        at = raw.find(_MARKER_KEY, at + len(_MARKER_KEY))
-    else:
-        return
-    where = _stray_marker(body)
+    ``function``, on ``response_format``...): it would be forwarded unread, and the client
+    would believe the prompt cached. Only the turns that are not plain are read (a plain
+    turn has no object to hold one), so a long conversation costs nothing here."""
+    where = _stray_marker(body, survey_of(body, surveyed))
     if where is not None:
         raise InvalidRequest(
             "cache_control is not read here: put it on a content part, a message, a tool "
@@ -129,14 +111,15 @@ def check_marker_places(body: dict[str, Any], raw: bytes, known: int) -> None:
         )
 
 
-def _stray_marker(body: dict[str, Any]) -> str | None:
+def _stray_marker(body: dict[str, Any], surveyed: Survey) -> str | None:
     """The param of the first ``cache_control`` key where a client might put a breakpoint
     that is not read: on a tool call or its function, in a content part's object (an
     ``image_url``), on a tool's ``function``, a legacy ``functions`` entry or
     ``response_format``. Not deeper: a JSON schema (a tool's ``parameters``, a
     ``json_schema``) may well describe a property of that name."""
-    messages = body.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+    messages = surveyed.messages
+    for i in surveyed.others:
+        message = messages[i]
         if isinstance(message, dict) and (found := _stray_in_message(message)) is not None:
             return f"messages[{i}].{found}"
     tools = body.get("tools")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.chain import Prefix, build_chain
 from router.errors import InvalidRequest
-from router.prefix import check_marker_places, find_markers, strip_cache_control
+from router.prefix import check_marker_places, strip_cache_control
 
 EPHEMERAL = {"type": "ephemeral"}
 NS = "pool\x00model"
@@ -214,7 +213,7 @@ CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{
 )
 def test_a_marker_where_none_is_read_is_refused_by_name(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+        check_marker_places(body)
     assert caught.value.param == param
     assert caught.value.http_status == 400
 
@@ -225,7 +224,7 @@ def test_a_null_marker_anywhere_is_no_marker() -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         response_format={"type": "text", "cache_control": None},
     )
-    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+    check_marker_places(body)
 
 
 def test_a_schema_property_named_cache_control_is_not_a_marker() -> None:
@@ -237,7 +236,7 @@ def test_a_schema_property_named_cache_control_is_not_a_marker() -> None:
         tools=[tool],
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
     )
-    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+    check_marker_places(body)
 
 
 def test_the_word_cache_control_in_text_is_not_a_marker() -> None:
@@ -246,9 +245,7 @@ def test_the_word_cache_control_in_text_is_not_a_marker() -> None:
         {"role": "user", "content": 'set "cache_control" on it'},
         system("x"),
     )
-    raw = orjson.dumps(body)
-    assert raw.count(b'"cache_control"') > find_markers(body).keys  # the walk runs, finds none
-    check_marker_places(body, raw, find_markers(body).keys)
+    check_marker_places(body)
 
 
 _read_places = st.fixed_dictionaries(
@@ -278,4 +275,4 @@ def test_markers_where_they_are_read_are_never_refused(places: dict[str, Any], t
         tool["cache_control"] = None
     extra = {"cache_control": MARKER} if "top" in places else {}
     body = chat(message, {"role": "assistant", "content": text}, tools=[tool], **extra)
-    check_marker_places(body, orjson.dumps(body), find_markers(body).keys)
+    check_marker_places(body)
