@@ -13,10 +13,12 @@ Redis is an accelerator, not a dependency:
   outage (with rendezvous placement of new prefixes, which needs no shared state);
 * a slow or failed command counts as a fault; only ``failure_threshold`` faults in a row
   mark Redis down, for ``retry_after`` seconds, and one success clears the count;
-* every router reads the index's epoch every second (``watch``): one without traffic still
-  knows whether Redis answers, and a Redis that lost its data (a restart without persistence,
-  a flush) is refilled with what each router knew from before, rather than every prefix
-  being placed afresh on cold replicas;
+* every router pings Redis every second (``watch``), so one without traffic still knows
+  whether Redis answers;
+* a prefix Redis lacks and this process knows (Redis lost it: a restart without
+  persistence, an eviction, a write let go) keeps its replica and is put back, unless a
+  router removed that replica from its holders since (a ``GONE`` set, kept for the
+  prefix's TTL), rather than being placed afresh on a cold replica;
 * each lookup (and each batch of writes) runs in its own task, awaited through
   ``asyncio.shield``: a client that goes away, or the lookup deadline, abandons the wait,
   never the command, so its connection goes back to the pool whole instead of being dropped
@@ -57,6 +59,11 @@ from router.store import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Write = Callable[[Pipeline], object]  # adds one write's commands to a pipeline
+
+# After a prefix's key name: the set of replicas some router removed from its holders (a
+# fault, an eviction), kept for the prefix's TTL, so that a router refilling an index Redis
+# lost does not put them back (``lookup``).
+GONE = "|gone"
 
 # The lookup, and the claim of a prefix new to every router.
 # KEYS[1..n]: the looked-up prefixes, shortest first; KEYS[n+1..n+m]: the prefixes to record
@@ -205,14 +212,17 @@ end
 return {0, {chosen}}
 """.replace("$TURN", TURN)
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
-# placement wins); ARGV[3]: '' or the replica's sorted set of placements in the pool where
-# this one counts (a claim passed over for this replica), ARGV[4]: its member, ARGV[5]: the
-# seconds it counts, ARGV[6]: the seconds the set is kept at least; ARGV[7..]: each key's
-# TTL. A first placement that finds the replica already there (its own claim, whose answer
-# was lost) confirms it: the TTL is set all the same.
+# placement wins), '2' = a refill: only where no router removed the replica from the
+# prefix's holders since (``GONE``); ARGV[3]: '' or the replica's sorted set of placements
+# in the pool where this one counts (a claim passed over for this replica), ARGV[4]: its
+# member, ARGV[5]: the seconds it counts, ARGV[6]: the seconds the set is kept at least;
+# ARGV[7..]: each key's TTL. A first placement that finds the replica already there (its
+# own claim, whose answer was lost) confirms it: the TTL is set all the same.
 _RECORD_LUA = """
 for i = 1, #KEYS do
-  if ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
+  if ARGV[2] == '2' and redis.call('SISMEMBER', KEYS[i] .. '$GONE', ARGV[1]) == 1 then
+    -- a refill of a holder some router removed since: it stays removed
+  elseif ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], ARGV[1])
     redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
   elseif redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
@@ -228,7 +238,7 @@ if ARGV[3] ~= '' then
   end
 end
 return #KEYS
-"""
+""".replace("$GONE", GONE)
 _FAULTS = (RedisError, OSError, TimeoutError)
 _MAX_QUEUED = 10_000  # writes waiting for Redis at most
 # Seconds a pool's recent-placement counts last (a tumbling window): longer than a scrape
@@ -237,7 +247,6 @@ RECENT_WINDOW = 1
 _MAX_BATCH = 256  # writes per pipeline: a batch stays well inside the write deadline
 # (prefix, replica) removals remembered, to settle late claims; and late claims remembered
 _FORGOTTEN = 4_096
-_WRITE_WINDOW = 2.0  # seconds a local record may take to show in Redis
 
 
 class _LateClaim(NamedTuple):
@@ -279,8 +288,6 @@ class RedisPrefixStore(PrefixStore):
         self._record_script = redis.register_script(_RECORD_LUA)
         self._failures = 0
         self._down_until = 0.0
-        self._epoch: bytes | None = None  # the index's epoch, as last read (``check``)
-        self._lost_at = float("-inf")  # when the index was last seen to have lost its data
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue: deque[Write] = deque(maxlen=max_queued)  # writes waiting, oldest first
         self.dropped_writes = 0  # writes the full queue let go
@@ -337,37 +344,19 @@ class RedisPrefixStore(PrefixStore):
         self._failures = 0
 
     async def check(self) -> bool:
-        """Read the index's epoch (made if missing), counting the outcome as a command's.
-
-        An epoch that went or changed since the last check means Redis lost its data (a
-        restart without persistence, a flush): ``lookup`` then puts back what this process
-        knew from before. A rest is not cut short: a Redis slow enough to have caused it may
-        still answer one small command in time.
-        """
+        """Ping Redis, counting the outcome as a command's. A rest is not cut short: a Redis
+        slow enough to have caused it may still answer one small command in time."""
         try:
-            epoch = await self._shielded(self._epoch_now, self._timeout * 4)
+            await self._shielded(self.redis.ping, self._timeout * 4)
         except _FAULTS as exc:
             self._fault(exc)
             return False
         self._answered()
-        if self._epoch is not None and epoch != self._epoch:
-            self._lost_at = self._clock()
-            log.warning("redis prefix store: the index lost its data; refilling what this knew")
-        self._epoch = epoch
         return True
-
-    async def _epoch_now(self) -> bytes | None:
-        key = f"{self._key_prefix}epoch"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(key, secrets.token_hex(8), nx=True)
-        pipe.get(key)
-        _, epoch = await pipe.execute()
-        return epoch if isinstance(epoch, bytes) else None
 
     async def watch(self, interval: float = 1.0) -> None:
         """Run ``check`` every ``interval`` seconds: a router without traffic still knows,
-        and reports (``di_redis_up``), whether Redis answers, and every router learns soon
-        when Redis lost its data."""
+        and reports (``di_redis_up``), whether Redis answers."""
         while True:
             await asyncio.sleep(interval)
             try:
@@ -394,26 +383,22 @@ class RedisPrefixStore(PrefixStore):
         if (claimant := _claimant(answer)) is not None:
             assert claim is not None
             for record in claim.records:
-                self.local.replace(record, (claimant,), ours=True, ttl=claim.ttl(record))
+                self.local.replace(record, (claimant,), ttl=claim.ttl(record))
             return Lookup(None, claimant=claimant)
         remote = _found(answer)
-        # When Redis answers it is the truth (another router may have removed a failed
-        # holder), except for what this process recorded so recently that its write may still
-        # be on its way; read after the answer, so records made meanwhile count too.
-        known = self._pending(prefixes)
-        if known is None:
-            # Redis lost its data (``check`` saw its epoch go): what this process knew from
-            # before is put back, once, rather than a whole fleet's prefixes placed afresh on
-            # cold replicas. Only from before: a holder another router forgot since the loss
-            # (it failed) stays forgotten, unless a router refills it first, once.
-            known = self.local.get(prefixes, seen_before=self._lost_at)
-            if known is not None and (remote is None or known.index > remote.index):
-                self.local.replace(prefixes[known.index], known.holders)  # seen: not again
+        # Where Redis holds as long a prefix as this process knows, Redis decides: another
+        # router may have removed a holder that failed. Read after the answer, so records
+        # made meanwhile count too.
+        known = self.local.get(prefixes)
         if known is not None and (remote is None or known.index > remote.index):
-            # Put it (back) in Redis: the write may have been lost with a restart, and if
-            # it is merely late, first-placement-wins makes the repeat harmless.
+            # Redis lacks a longer prefix this process knows: a record of this process still
+            # on its way, or Redis lost it (a restart without persistence, an eviction, a
+            # write let go). The request keeps the replica this process knows, and the prefix
+            # is put back, except where a router removed that replica since (``GONE``): a
+            # holder one router saw fail costs the others that still know it one failed
+            # attempt each, and is not brought back for all.
             for holder in known.holders:
-                self._write(self._record_call([prefixes[known.index]], holder, first=True))
+                self._write(self._refill_call(prefixes[known.index], holder))
             return Lookup(known)
         if remote is not None:
             self.local.replace(prefixes[remote.index], remote.holders)
@@ -453,10 +438,6 @@ class RedisPrefixStore(PrefixStore):
         for replica, load in proposal.choices:
             args += [replica, load]
         return keys, args, claim
-
-    def _pending(self, prefixes: Sequence[Prefix]) -> Found | None:
-        """The longest of ``prefixes`` this process recorded within the write window."""
-        return self.local.get(prefixes, recorded_after=self._clock() - _WRITE_WINDOW)
 
     def _learn(
         self,
@@ -574,11 +555,14 @@ class RedisPrefixStore(PrefixStore):
         """Take ``replica`` out of the prefixes' holders in Redis (not in process), and
         (``counted_in``: a pool) the placements they name out of its counts there."""
         keys = [self.key(p.key) for p in prefixes]
+        ttls = [p.ttl for p in prefixes]
         trees = None if counted_in is None else self._trees(counted_in) + replica
 
         def remove(pipe: Pipeline) -> None:
-            for key in keys:
+            for key, ttl in zip(keys, ttls, strict=True):
                 pipe.srem(key, replica)
+                pipe.sadd(key + GONE, replica)  # not refilled by a router that still knew it
+                pipe.expire(key + GONE, ttl)
             if trees is not None:
                 pipe.zrem(trees, *keys, *(key + TURN for key in keys))
 
@@ -603,13 +587,20 @@ class RedisPrefixStore(PrefixStore):
         sha = self._record_script.sha
         return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
 
+    def _refill_call(self, prefix: Prefix, replica: str) -> Write:
+        """Put ``replica`` back among ``prefix``'s holders, unless removed since (``GONE``)."""
+        key = self.key(prefix.key)
+        args: list[Any] = [replica, "2", "", "", 0, 0, prefix.ttl]
+        sha = self._record_script.sha
+        return lambda pipe: pipe.evalsha(sha, 1, key, *args)
+
     def _write(self, write: Write) -> None:
         """Queue a write; one writer sends the queue in order, a pipeline per round trip.
 
         In order, because a process's writes to one prefix must land as it made them: a
         record, then the forget of a replica that failed at once, must not arrive the other
         way round. When Redis is too slow for the queue, its oldest writes are dropped (the
-        in-process index still has them, and a lookup puts recent ones back)."""
+        in-process index still has them, and a lookup that finds them missing puts them back)."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped_writes += 1  # the oldest goes
             if self._on_drop is not None:
@@ -708,8 +699,6 @@ class RedisPrefixStore(PrefixStore):
             log.warning(
                 "redis not reachable at start-up (%s); local index only", type(exc).__name__
             )
-            return
-        await self.check()  # the epoch a later loss of the index is told by
 
     async def flush(self) -> None:
         if self._tasks:

@@ -221,15 +221,11 @@ class PrefixStore(ABC):
 
 
 class _Entry:
-    __slots__ = ("expires", "holders", "recorded", "seen")
+    __slots__ = ("expires", "holders")
 
-    def __init__(
-        self, holders: dict[str, None], expires: float, recorded: float, seen: float
-    ) -> None:
+    def __init__(self, holders: dict[str, None], expires: float) -> None:
         self.holders = holders  # insertion-ordered: the first placement first
         self.expires = expires
-        self.recorded = recorded  # when this process last recorded a holder
-        self.seen = seen  # when this process last recorded or learnt its holders
 
 
 class _Recency:
@@ -417,16 +413,8 @@ class MemoryPrefixStore(PrefixStore):
     def ordered(self) -> bool:
         return self._pools is not None
 
-    def get(
-        self,
-        prefixes: Sequence[Prefix],
-        *,
-        recorded_after: float | None = None,
-        seen_before: float | None = None,
-    ) -> Found | None:
-        """The synchronous lookup behind ``lookup``; with ``recorded_after``, only among the
-        entries recorded since then; with ``seen_before``, only among those last recorded or
-        learnt before then."""
+    def get(self, prefixes: Sequence[Prefix]) -> Found | None:
+        """The synchronous lookup behind ``lookup``."""
         now = self._clock()
         entries = self._entries
         for index in range(len(prefixes) - 1, -1, -1):
@@ -436,10 +424,6 @@ class MemoryPrefixStore(PrefixStore):
                 continue
             if entry.expires <= now or not entry.holders:
                 del entries[key]
-                continue
-            if recorded_after is not None and entry.recorded < recorded_after:
-                continue
-            if seen_before is not None and entry.seen >= seen_before:
                 continue
             for shorter in prefixes[: index + 1]:
                 if (held := entries.get(shorter.key)) is not None:
@@ -501,11 +485,10 @@ class MemoryPrefixStore(PrefixStore):
         entries = self._entries
         entry = entries.get(prefix.key)
         if entry is None or entry.expires <= now or not entry.holders:
-            entries[prefix.key] = _Entry({replica: None}, now + ttl, now, now)
+            entries[prefix.key] = _Entry({replica: None}, now + ttl)
         elif not first:
             entry.holders[replica] = None
             entry.expires = max(entry.expires, now + ttl)
-            entry.recorded = entry.seen = now
         entries.move_to_end(prefix.key)
         self._bound()
 
@@ -514,16 +497,13 @@ class MemoryPrefixStore(PrefixStore):
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
-    def replace(
-        self, prefix: Prefix, holders: Sequence[str], *, ours: bool = False, ttl: int | None = None
-    ) -> None:
-        """Set ``prefix``'s holders to what the shared index says: another router's news, or
-        (``ours``) a placement this process made there, which counts as recorded now."""
+    def replace(self, prefix: Prefix, holders: Sequence[str], *, ttl: int | None = None) -> None:
+        """Set ``prefix``'s holders to what the shared index says (another router's news, or
+        a claim this process made there), for ``ttl`` or the prefix's own TTL."""
         if holders:
             now = self._clock()
-            recorded = now if ours else -1.0
             expires = now + (prefix.ttl if ttl is None else ttl)
-            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires, recorded, now)
+            self._entries[prefix.key] = _Entry(dict.fromkeys(holders), expires)
             self._entries.move_to_end(prefix.key)
             self._bound()
 
