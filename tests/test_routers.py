@@ -127,3 +127,27 @@ async def test_redis_killed_a_placed_prefix_keeps_its_replica_and_nothing_fails(
         pair, [marked("outage-new", f"q {i}") for i in range(8)], together=True
     )
     assert len(set(fresh)) == 1
+
+
+async def test_redis_restarted_empty_placed_prefixes_keep_their_replicas(
+    pair: list[openai.AsyncOpenAI], redis_server: RedisServer
+) -> None:
+    """Redis comes back without its data: the routers that knew the prefixes keep them
+    where they are (and put them back), instead of placing them afresh on cold replicas."""
+    salts = [f"restart-{i}" for i in range(6)]
+    before = {}
+    for salt in salts:  # each placed through a, then seen through b
+        placed = await placements_of(
+            pair, [marked(salt, "first"), marked(salt, "second")], together=False
+        )
+        assert placed[1].endswith("hit"), placed
+        before[salt] = placed[0].split()[0]
+    assert len(set(before.values())) > 1  # spread over the fleet
+    redis_server.stop()
+    redis_server.start()  # same port, empty
+    for salt in salts:
+        after = await placements_of(
+            pair, [marked(salt, "after a"), marked(salt, "after b")], together=False
+        )
+        assert [seen.split()[0] for seen in after] == [before[salt]] * 2, (salt, after)
+        assert all(seen.endswith("hit") for seen in after), after
