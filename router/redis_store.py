@@ -212,19 +212,17 @@ end
 return {0, {chosen}}
 """.replace("$TURN", TURN)
 # ARGV[1]: the replica; ARGV[2]: '1' = only where no replica holds the prefix yet (first
-# placement wins), '2' = a refill: only where no router removed the replica from the
-# prefix's holders since (``GONE``); ARGV[3]: '' or the replica's sorted set of placements
+# placement wins); ARGV[3]: '' or the replica's sorted set of placements
 # in the pool where this one counts (a claim passed over for this replica), ARGV[4]: its
 # member, ARGV[5]: the seconds it counts, ARGV[6]: the seconds the set is kept at least;
 # ARGV[7..]: each key's TTL. A first placement that finds the replica already there (its
 # own claim, whose answer was lost) confirms it: the TTL is set all the same.
 _RECORD_LUA = """
 for i = 1, #KEYS do
-  if ARGV[2] == '2' and redis.call('SISMEMBER', KEYS[i] .. '$GONE', ARGV[1]) == 1 then
-    -- a refill of a holder some router removed since: it stays removed
-  elseif ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
+  if ARGV[2] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     redis.call('SADD', KEYS[i], ARGV[1])
     redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
+    redis.call('SREM', KEYS[i] .. '$GONE', ARGV[1])  -- it holds the prefix again
   elseif redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
   end
@@ -239,6 +237,27 @@ if ARGV[3] ~= '' then
 end
 return #KEYS
 """.replace("$GONE", GONE)
+# KEYS[1]: a prefix's key, which Redis lost and a router still knows; ARGV[1]: its TTL;
+# ARGV[2..]: the holders that router knows. Put back only while the key is missing (a
+# router that placed the prefix since decides), without the holders some router removed
+# since (GONE).
+_REFILL_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local gone = KEYS[1] .. '$GONE'
+local added = 0
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', gone, ARGV[i]) == 0 then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return added
+""".replace("$GONE", GONE)
+_WRITE_SCRIPTS = (_RECORD_LUA, _REFILL_LUA)
+# Seconds between two refills of one prefix by one router: a refill that Redis turned down
+# (every holder removed) is not sent again with every request.
+_REFILL_EVERY = 10.0
 _FAULTS = (RedisError, OSError, TimeoutError)
 _MAX_QUEUED = 10_000  # writes waiting for Redis at most
 # Seconds a pool's recent-placement counts last (a tumbling window): longer than a scrape
@@ -286,6 +305,8 @@ class RedisPrefixStore(PrefixStore):
         self.local = MemoryPrefixStore(local_entries, ordered=False, clock=clock)
         self._lookup_script = redis.register_script(_LOOKUP_LUA)
         self._record_script = redis.register_script(_RECORD_LUA)
+        self._refill_script = redis.register_script(_REFILL_LUA)
+        self._refilled: OrderedDict[str, float] = OrderedDict()  # prefix key -> when
         self._failures = 0
         self._down_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -389,7 +410,7 @@ class RedisPrefixStore(PrefixStore):
         # Where Redis holds as long a prefix as this process knows, Redis decides: another
         # router may have removed a holder that failed. Read after the answer, so records
         # made meanwhile count too.
-        known = self.local.get(prefixes)
+        known = self._known(prefixes)
         if known is not None and (remote is None or known.index > remote.index):
             # Redis lacks a longer prefix this process knows: a record of this process still
             # on its way, or Redis lost it (a restart without persistence, an eviction, a
@@ -397,12 +418,25 @@ class RedisPrefixStore(PrefixStore):
             # is put back, except where a router removed that replica since (``GONE``): a
             # holder one router saw fail costs the others that still know it one failed
             # attempt each, and is not brought back for all.
-            for holder in known.holders:
-                self._write(self._refill_call(prefixes[known.index], holder))
+            self._refill(prefixes[known.index], known.holders)
             return Lookup(known)
         if remote is not None:
             self.local.replace(prefixes[remote.index], remote.holders)
         return Lookup(remote)
+
+    def _known(self, prefixes: Sequence[Prefix]) -> Found | None:
+        """The longest of ``prefixes`` the local index knows, without a holder this process
+        forgot itself: an answer Redis sent before that forget may have put it back here."""
+        found = self.local.get(prefixes)
+        forgotten = self._forgotten
+        while found is not None and forgotten:
+            prefix = prefixes[found.index]
+            lost = forgotten.get(prefix.key)
+            if lost is None or lost not in found.holders:
+                return found
+            self.local.forget([prefix], lost)
+            found = self.local.get(prefixes)
+        return found
 
     def _lookup_call(
         self, prefixes: Sequence[Prefix], claim: Claim | None
@@ -587,12 +621,21 @@ class RedisPrefixStore(PrefixStore):
         sha = self._record_script.sha
         return lambda pipe: pipe.evalsha(sha, len(keys), *keys, *args)
 
-    def _refill_call(self, prefix: Prefix, replica: str) -> Write:
-        """Put ``replica`` back among ``prefix``'s holders, unless removed since (``GONE``)."""
+    def _refill(self, prefix: Prefix, holders: Sequence[str]) -> None:
+        """Put ``prefix`` back in Redis with ``holders`` (``_REFILL_LUA``), at most once every
+        ``_REFILL_EVERY`` seconds."""
+        now = self._clock()
+        refilled = self._refilled
+        if now - refilled.get(prefix.key, float("-inf")) < _REFILL_EVERY:
+            return
+        refilled[prefix.key] = now
+        refilled.move_to_end(prefix.key)
+        if len(refilled) > _FORGOTTEN:
+            refilled.popitem(last=False)
         key = self.key(prefix.key)
-        args: list[Any] = [replica, "2", "", "", 0, 0, prefix.ttl]
-        sha = self._record_script.sha
-        return lambda pipe: pipe.evalsha(sha, 1, key, *args)
+        args: list[Any] = [prefix.ttl, *holders]
+        sha = self._refill_script.sha
+        self._write(lambda pipe: pipe.evalsha(sha, 1, key, *args))
 
     def _write(self, write: Write) -> None:
         """Queue a write; one writer sends the queue in order, a pipeline per round trip.
@@ -646,7 +689,8 @@ class RedisPrefixStore(PrefixStore):
                     raise
                 # Redis restarted and lost its scripts. The batch is sent again whole: a
                 # record or a removal applied twice in the same order ends the same.
-                await self.redis.script_load(_RECORD_LUA)
+                for script in _WRITE_SCRIPTS:
+                    await self.redis.script_load(script)
 
     async def _shielded(self, call: Callable[[], Awaitable[T]], wait: float) -> T:
         """Run ``call`` in its own task; stop waiting after ``wait`` seconds, never cancel it."""
@@ -692,8 +736,8 @@ class RedisPrefixStore(PrefixStore):
         connections, so the first burst does not pay for handshakes inside its deadline."""
         try:
             async with asyncio.timeout(max(self._timeout * 20, 1.0)):
-                await self.redis.script_load(_LOOKUP_LUA)
-                await self.redis.script_load(_RECORD_LUA)
+                for script in (_LOOKUP_LUA, *_WRITE_SCRIPTS):
+                    await self.redis.script_load(script)
                 await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
         except _FAULTS as exc:
             log.warning(

@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from redis.asyncio import Redis
 
 from router.sim import SimFleet, start_fleet
 
@@ -151,3 +152,16 @@ async def test_redis_restarted_empty_placed_prefixes_keep_their_replicas(
         )
         assert [seen.split()[0] for seen in after] == [before[salt]] * 2, (salt, after)
         assert all(seen.endswith("hit") for seen in after), after
+    # ...and put back: a router that knew nothing would find them in Redis.
+    redis = Redis.from_url(redis_server.url)
+    try:
+        for _ in range(100):  # the writes go out off the requests' path: until they landed
+            if len(await redis.keys("di:px:*")) >= len(salts):
+                break
+            await asyncio.sleep(0.02)
+        holders = [await redis.smembers(key) for key in await redis.keys("di:px:*")]
+        assert len(holders) >= len(salts)
+        named = {m.decode() if isinstance(m, bytes) else m for found in holders for m in found}
+        assert named <= set(before.values())
+    finally:
+        await redis.aclose()

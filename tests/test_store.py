@@ -340,6 +340,79 @@ async def test_a_holder_one_router_removed_is_not_put_back_by_another(
             await store.aclose()
 
 
+async def test_refills_are_bounded_exact_and_per_replica(redis_server: RedisServer) -> None:
+    """A refill puts back only holders no router removed, only while the key is missing,
+    and is not sent again with every request when Redis turns it down; a replica recorded
+    again is no longer 'removed'; a holder this process forgot itself is not brought back
+    by an answer Redis sent before the forget."""
+    a = RedisPrefixStore.from_url(redis_server.url, timeout=1.0)
+    b = RedisPrefixStore.from_url(redis_server.url, timeout=1.0)
+    try:
+        # Per replica: r1 was removed by a, r2 was not.
+        a.record([bp("two")], "r1", first=True)
+        a.record([bp("two")], "r2", first=False)
+        await a.flush()
+        assert (await b.lookup([bp("two")])).found is not None  # b learns {r1, r2}
+        a.forget([bp("two")], "r1")
+        await a.flush()
+        await a.redis.delete(a.key("two"))  # then Redis loses the prefix
+        await b.lookup([bp("two")])
+        await b.flush()
+        assert await b.redis.smembers(b.key("two")) == {b"r2"}
+
+        # Turned down (every holder removed): one write, not one per request.
+        a.record([bp("gone")], "r1", first=True)
+        await a.flush()
+        await b.lookup([bp("gone")])
+        a.forget([bp("gone")], "r1")
+        await a.flush()
+        sent = 0
+        write = b._write
+
+        def counted(call: Any) -> None:
+            nonlocal sent
+            sent += 1
+            write(call)
+
+        b._write = counted  # type: ignore[method-assign, assignment]
+        for _ in range(20):
+            found = (await b.lookup([bp("gone")])).found
+            assert found is not None and found.holders == ("r1",)  # b tries it itself
+        assert sent == 1
+        b._write = write  # type: ignore[method-assign]
+        await b.flush()
+        assert await b.redis.smembers(b.key("gone")) == set()
+
+        # Recorded again: no longer removed, so refilled after a loss.
+        a.record([bp("gone")], "r1", first=True)
+        await a.flush()
+        await a.redis.delete(a.key("gone"))
+        c = RedisPrefixStore.from_url(redis_server.url, timeout=1.0)
+        try:
+            c.local.record([bp("gone")], "r1", first=True)  # c knew it
+            await c.lookup([bp("gone")])
+            await c.flush()
+            assert await c.redis.smembers(c.key("gone")) == {b"r1"}
+        finally:
+            await c.aclose()
+
+        # Only while the key is missing: another router's placement since decides.
+        a.record([bp("raced")], "r2", first=True)
+        await a.flush()
+        b._refill(bp("raced"), ["r1"])
+        await b.flush()
+        assert await b.redis.smembers(b.key("raced")) == {b"r2"}
+
+        # This process forgot r1; a stale answer put it back in its index: not used.
+        b.local.record([bp("stale")], "r1", first=True)
+        b.forget([bp("stale")], "r1")
+        b.local.record([bp("stale")], "r1", first=True)  # the stale answer, landing late
+        assert (await b.lookup([bp("stale")])).found is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def test_a_redis_check_tells_whether_redis_answers_and_rests_run_their_time(
     redis_server: RedisServer,
 ) -> None:
