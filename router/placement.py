@@ -171,12 +171,9 @@ class Placer:
             return
         matched = placement.matched
         if outcome.replica_fault:
-            # Every prefix of the request the replica may hold: its records, and the looked-up
-            # ones up to the match (earlier turns' records), or the next request would match
-            # one of those and be sent back to it.
             held = {p.key: p for p in chain.records}
             if matched is not None:
-                held.update((p.key, p) for p in chain.lookups if p.tokens <= matched.tokens)
+                held[matched.key] = matched
             self._store.forget(list(held.values()), replica.id, counted_in=placement.pool_name)
             return
         if (

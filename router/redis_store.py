@@ -225,6 +225,7 @@ for i = 1, #KEYS do
     redis.call('SREM', KEYS[i] .. '$GONE', ARGV[1])  -- it holds the prefix again
   elseif redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[i + 6])
+    redis.call('SREM', KEYS[i] .. '$GONE', ARGV[1])
   end
 end
 if ARGV[3] ~= '' then
@@ -387,6 +388,7 @@ class RedisPrefixStore(PrefixStore):
 
     async def lookup(self, prefixes: Sequence[Prefix], claim: Claim | None = None) -> Lookup:
         if self.down:
+            self._known(prefixes)  # drops a holder this process forgot, if a stale answer left it
             return replace(self.local.claim_or_get(prefixes, claim), degraded=True)
         keys, args, claim = self._lookup_call(prefixes, claim)
         task = self._track(
@@ -399,7 +401,7 @@ class RedisPrefixStore(PrefixStore):
             if not task.done():
                 # Too late for this request, not for the next ones: learn from the answer.
                 task.add_done_callback(lambda done: self._learn(done, prefixes, claim))
-            return Lookup(self.local.get(prefixes), degraded=True)
+            return Lookup(self._known(prefixes), degraded=True)
         self._answered()
         if (claimant := _claimant(answer)) is not None:
             assert claim is not None
@@ -421,8 +423,15 @@ class RedisPrefixStore(PrefixStore):
             self._refill(prefixes[known.index], known.holders)
             return Lookup(known)
         if remote is not None:
-            self.local.replace(prefixes[remote.index], remote.holders)
+            prefix = prefixes[remote.index]
+            self.local.replace(prefix, self._unforgotten(prefix, remote.holders))
         return Lookup(remote)
+
+    def _unforgotten(self, prefix: Prefix, holders: Sequence[str]) -> tuple[str, ...]:
+        """``holders`` without the one this process last forgot for ``prefix``: an answer
+        Redis gave before that forget reached it still names it."""
+        lost = self._forgotten.get(prefix.key)
+        return tuple(h for h in holders if h != lost)
 
     def _known(self, prefixes: Sequence[Prefix]) -> Found | None:
         """The longest of ``prefixes`` the local index knows, without a holder this process
@@ -513,8 +522,10 @@ class RedisPrefixStore(PrefixStore):
                 self._late_claim_stands(claim, claimant, sent=False)
         elif (remote := _found(answer)) is not None:
             prefix = prefixes[remote.index]
-            if not self.local.holders(prefix):  # what this process learnt since is newer
-                self.local.replace(prefix, remote.holders)
+            # What this process learnt since is newer, and a holder it forgot since stays so.
+            holders = self._unforgotten(prefix, remote.holders)
+            if holders and not self.local.holders(prefix):
+                self.local.replace(prefix, holders)
 
     def _late_claim_stands(self, claim: Claim, claimant: str, *, sent: bool) -> None:
         """Until the claim's time is up, the first placement of exactly its prefixes (its

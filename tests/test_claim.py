@@ -905,22 +905,6 @@ async def test_a_claimed_replica_that_fails_is_forgotten_and_the_prefix_placed_a
     assert again.claimed == "r2" and again.ranking.candidates[0].id == "r2"
 
 
-async def test_a_replica_that_fails_loses_the_earlier_turns_it_held_too() -> None:
-    """A conversation's turn 3 matched turn 2's prefix on r0, and r0 failed: turn 1's
-    prefix (looked up, not recorded by this request) is forgotten there as well, or the
-    retry of the next request would match it and go back to r0."""
-    store = MemoryPrefixStore()
-    one = router(store, 0, 0)
-    turn1, turn2, turn3 = (Prefix(f"t{i}", 300, 2000 * i, turn=True) for i in (1, 2, 3))
-    store.record([turn1], "r0", first=True)
-    store.record([turn2], "r0", first=True)
-    request = PrefixChain([turn1, turn2, turn3], [turn3], marked=True)
-    placed = await one.placer.place(one.pool, request)
-    assert placed.found is not None and placed.matched == turn2
-    one.placer.report(placed, one.pool.replicas[0], Outcome.ERROR)
-    assert store.holders(turn1) == () and store.holders(turn2) == ()
-
-
 async def test_in_one_process_a_claim_holds_across_a_wait_before_the_dispatch() -> None:
     """Between a lookup and its dispatch a request may wait (a rate-limit check): a second
     request looked up meanwhile still finds the first one's replica."""

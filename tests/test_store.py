@@ -413,6 +413,35 @@ async def test_refills_are_bounded_exact_and_per_replica(redis_server: RedisServ
         await b.aclose()
 
 
+async def test_a_late_answer_does_not_bring_back_a_holder_this_process_forgot(
+    redis_server: RedisServer,
+) -> None:
+    """Redis answered p -> r1 after the lookup gave up, and r1 failed here meanwhile: the
+    late answer does not put r1 back in the local index, which the degraded and down paths
+    read."""
+    clock = Clock()
+    store = RedisPrefixStore.from_url(
+        redis_server.url, timeout=1.0, failure_threshold=1, retry_after=60.0, clock=clock
+    )
+    try:
+        store.local.record([bp("p")], "r1", first=True)
+        store.forget([bp("p")], "r1")
+
+        async def stale() -> list[Any]:
+            return [1, [b"r1"]]  # {1-based index, holders}, as the lookup script answers
+
+        late = asyncio.get_running_loop().create_task(stale())
+        await late
+        store._learn(late, [bp("p")], None)
+        assert store.local.holders(bp("p")) == ()
+        store.local.record([bp("p")], "r1", first=True)  # however it got back in
+        redis_server.stop()
+        assert not await store.check() and store.down
+        assert (await store.lookup([bp("p")])).found is None
+    finally:
+        await store.aclose()
+
+
 async def test_a_redis_check_tells_whether_redis_answers_and_rests_run_their_time(
     redis_server: RedisServer,
 ) -> None:
